@@ -1,0 +1,39 @@
+"""Qwen3-Next-80B-A3B from first principles: the package behind the book.
+
+The public interface (see DESIGN.md): ``Qwen3NextConfig``, ``Qwen3NextForCausalLM``, ``Tokenizer``,
+``generate``. Names are imported lazily so that ``import qwen3next`` stays fast and each chapter only
+pays for the modules it uses.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    "Qwen3NextConfig": "config",
+    "Qwen3NextForCausalLM": "model",
+    "Tokenizer": "tokenizer",
+    "generate": "generate",
+}
+
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        return getattr(import_module(f"qwen3next.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module 'qwen3next' has no attribute {name!r}")
+
+
+def print_versions() -> None:
+    """Print the versions a chapter ran with (Python, torch, transformers, this package)."""
+    import platform
+
+    import torch
+
+    try:
+        from transformers import __version__ as transformers_version
+    except ImportError:  # the package itself does not need the reference
+        transformers_version = "not installed"
+    print(f"python {platform.python_version()} | torch {torch.__version__} | "
+          f"transformers {transformers_version} | qwen3next {__version__}")
