@@ -269,7 +269,9 @@ class Qwen3NextConfig:
         if not self.rope_theta > 0:
             raise ConfigError(f"rope_theta: expected a positive number, found {self.rope_theta}")
         if self.rope_type not in ROPE_TYPES:
-            raise ConfigError(f"rope_scaling: rope_type {self.rope_type!r} is not supported; expected one of {ROPE_TYPES}")
+            raise ConfigError(
+                f"rope_scaling: rope_type {self.rope_type!r} is not supported; expected one of {ROPE_TYPES}"
+            )
         if self.rope_type == "yarn" and not (self.rope_scaling or {}).get("factor", 0) > 0:
             raise ConfigError("rope_scaling: yarn needs a positive 'factor'")
         if any(self.is_moe_layer(i) for i in range(self.num_hidden_layers)):
@@ -278,7 +280,9 @@ class Qwen3NextConfig:
                     f"num_experts_per_tok: expected 1..num_experts={self.num_experts}, found {self.num_experts_per_tok}"
                 )
             if self.moe_intermediate_size < 1:
-                raise ConfigError(f"moe_intermediate_size: expected a positive integer, found {self.moe_intermediate_size}")
+                raise ConfigError(
+                    f"moe_intermediate_size: expected a positive integer, found {self.moe_intermediate_size}"
+                )
         if not all(self.is_moe_layer(i) for i in range(self.num_hidden_layers)) and self.intermediate_size < 1:
             raise ConfigError("intermediate_size: dense MLP layers need a positive width, found 0")
         for i in self.mlp_only_layers:
