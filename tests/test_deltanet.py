@@ -1,0 +1,344 @@
+"""Tests for qwen3next.deltanet: the three forms of the gated delta rule agree with each other and with the
+reference kernels; the causal conv and its state; the GatedDeltaNet layer against Qwen3NextGatedDeltaNet
+(full sequence, cached prefill / one-token / multi-token steps, padding), tiny and at the real width."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qwen3next.config import Qwen3NextConfig
+from qwen3next.deltanet import (
+    DeltaNetState,
+    GatedDeltaNet,
+    attention_form_gated_delta_rule,
+    causal_conv1d,
+    causal_conv1d_step,
+    chunk_gated_delta_rule,
+    delta_rule_mixing_matrix,
+    l2_normalize,
+    recurrent_gated_delta_rule,
+)
+from qwen3next.reference import max_abs_diff, reference_config
+
+ref_mod = pytest.importorskip("transformers.models.qwen3_next.modeling_qwen3_next")
+
+TOL = 1e-5
+
+
+def make_inputs(B=2, T=20, Hk=2, Hv=4, Dk=8, Dv=6, seed=0, dtype=torch.float32, state=False):
+    """Random kernel inputs in the model's regime: g <= 0, beta in (0, 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, Hk, Dk, generator=gen)
+    k = torch.randn(B, T, Hk, Dk, generator=gen)
+    v = torch.randn(B, T, Hv, Dv, generator=gen)
+    g = -torch.rand(B, T, Hv, generator=gen) * 0.7
+    beta = torch.rand(B, T, Hv, generator=gen)
+    S0 = torch.randn(B, Hv, Dk, Dv, generator=gen) if state else None
+    return [x.to(dtype) for x in (q, k, v, g, beta)] + [S0]
+
+
+# ---------------------------------------------------------------------------------- the kernels
+@pytest.mark.parametrize("T", [1, 2, 63, 64, 65, 200])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_chunked_equals_recurrent_equals_attention_form(T, with_state):
+    q, k, v, g, beta, S0 = make_inputs(T=T, state=with_state, seed=T)
+    kw = dict(initial_state=S0, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    o_rec, S_rec = recurrent_gated_delta_rule(q, k, v, g, beta, **kw)
+    assert o_rec.shape == (2, T, 4, 6) and S_rec.shape == (2, 4, 8, 6) and S_rec.dtype == torch.float32
+    o_att, S_att = attention_form_gated_delta_rule(q, k, v, g, beta, **kw)
+    assert max_abs_diff(o_att, o_rec) <= TOL and max_abs_diff(S_att, S_rec) <= TOL
+    for C in (8, 16, 64):
+        o_chk, S_chk = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=C, **kw)
+        assert max_abs_diff(o_chk, o_rec) <= TOL, f"chunk {C}"
+        assert max_abs_diff(S_chk, S_rec) <= TOL, f"chunk {C}"
+
+
+@pytest.mark.parametrize("Hk,Hv", [(3, 3), (1, 4)])
+def test_without_kernel_l2norm_and_equal_heads(Hk, Hv):
+    q, k, v, g, beta, S0 = make_inputs(T=50, Hk=Hk, Hv=Hv, Dk=5, Dv=7, state=True)
+    q, k = l2_normalize(q), l2_normalize(k)  # keys of norm 1 keep the un-normalised kernel stable
+    kw = dict(initial_state=S0, output_final_state=True)
+    o_rec, S_rec = recurrent_gated_delta_rule(q, k, v, g, beta, **kw)
+    o_chk, S_chk = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=16, **kw)
+    assert max_abs_diff(o_chk, o_rec) <= TOL and max_abs_diff(S_chk, S_rec) <= TOL
+
+
+@pytest.mark.parametrize("l2", [True, False])
+def test_kernels_match_reference(l2):
+    q, k, v, g, beta, S0 = make_inputs(T=100, state=True, seed=3)
+    if not l2:
+        q, k = l2_normalize(q), l2_normalize(k)
+    kw = dict(initial_state=S0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
+    o, S = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=32, **kw)
+    o_ref, S_ref = ref_mod.torch_chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=32, **kw)
+    assert max_abs_diff(o, o_ref) <= TOL and max_abs_diff(S, S_ref) <= TOL
+    o, S = recurrent_gated_delta_rule(q, k, v, g, beta, **kw)
+    o_ref, S_ref = ref_mod.torch_recurrent_gated_delta_rule(q, k, v, g, beta, **kw)
+    assert max_abs_diff(o, o_ref) <= TOL and max_abs_diff(S, S_ref) <= TOL
+
+
+def test_no_final_state_unless_asked():
+    q, k, v, g, beta, _ = make_inputs(T=5)
+    assert chunk_gated_delta_rule(q, k, v, g, beta)[1] is None
+    assert recurrent_gated_delta_rule(q, k, v, g, beta)[1] is None
+
+
+def test_bfloat16_inputs_keep_a_float32_state():
+    q, k, v, g, beta, S0 = make_inputs(T=70, state=True, dtype=torch.bfloat16)
+    kw = dict(initial_state=S0, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    o, S = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=16, **kw)
+    o_rec, S_rec = recurrent_gated_delta_rule(q, k, v, g, beta, **kw)
+    assert o.dtype == torch.bfloat16 and S.dtype == torch.float32 and S_rec.dtype == torch.float32
+    # the same bf16 numbers computed in fp32: only the final rounding of o differs
+    o32, S32 = recurrent_gated_delta_rule(*(x.float() for x in (q, k, v, g, beta)), **kw)
+    assert max_abs_diff(S, S32) <= 1e-4
+    assert max_abs_diff(o, o32) <= 2e-2 and max_abs_diff(o_rec, o32) <= 2e-2
+    o_ref, S_ref = ref_mod.torch_chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=16, **kw)
+    assert max_abs_diff(o, o_ref) <= 2e-2 and max_abs_diff(S, S_ref) <= 1e-4
+
+
+@pytest.mark.parametrize("split", [1, 30, 64])
+def test_split_sequence_with_carried_state_equals_whole(split):
+    q, k, v, g, beta, S0 = make_inputs(T=97, state=True, seed=5)
+    kw = dict(output_final_state=True, use_qk_l2norm_in_kernel=True)
+    o_all, S_all = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=S0, **kw)
+    parts = [x[:, :split] for x in (q, k, v, g, beta)], [x[:, split:] for x in (q, k, v, g, beta)]
+    o1, S1 = chunk_gated_delta_rule(*parts[0], initial_state=S0, chunk_size=16, **kw)
+    o2, S2 = recurrent_gated_delta_rule(*parts[1], initial_state=S1, **kw)
+    assert max_abs_diff(torch.cat([o1, o2], 1), o_all) <= TOL and max_abs_diff(S2, S_all) <= TOL
+
+
+def test_zero_padding_never_changes_the_state():
+    q, k, v, g, beta, S0 = make_inputs(T=40, state=True, seed=7)
+    kw = dict(initial_state=S0, output_final_state=True, use_qk_l2norm_in_kernel=False)
+    q, k = l2_normalize(q), l2_normalize(k)
+    o, S = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=64, **kw)  # 24 padded positions inside
+    # explicit padding tokens (k = 0, beta = 0, g = 0) appended by hand: same outputs, same state
+    pad = lambda x: torch.cat([x, torch.zeros_like(x[:, :25])], 1)
+    v_noise = torch.cat([v, torch.randn_like(v[:, :25])], 1)  # whatever the padded values are
+    o_p, S_p = chunk_gated_delta_rule(pad(q), pad(k), v_noise, pad(g), pad(beta), chunk_size=16, **kw)
+    assert max_abs_diff(o_p[:, :40], o) <= TOL and max_abs_diff(S_p, S) <= TOL
+    _, S_r = recurrent_gated_delta_rule(q, k, v, g, beta, **kw)
+    assert max_abs_diff(S, S_r) <= TOL
+
+
+def test_gradients_chunked_equal_recurrent():
+    inputs = make_inputs(T=37, state=True, seed=9)
+    leaves_c = [x.clone().requires_grad_() for x in inputs]
+    leaves_r = [x.clone().requires_grad_() for x in inputs]
+    w_o, w_S = torch.randn(2, 37, 4, 6), torch.randn(2, 4, 8, 6)
+    q, k, v, g, beta, S0 = leaves_c
+    o, S = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=8, initial_state=S0, output_final_state=True,
+                                  use_qk_l2norm_in_kernel=True)
+    ((o * w_o).sum() + (S * w_S).sum()).backward()
+    q, k, v, g, beta, S0 = leaves_r
+    o, S = recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=S0, output_final_state=True,
+                                      use_qk_l2norm_in_kernel=True)
+    ((o * w_o).sum() + (S * w_S).sum()).backward()
+    for name, a, b in zip("q k v g beta S0".split(), leaves_c, leaves_r, strict=True):
+        assert a.grad is not None and max_abs_diff(a.grad, b.grad) <= 1e-4 * (1 + b.grad.abs().max().item()), name
+
+
+def test_mixing_matrix_reproduces_the_output_and_is_causal():
+    q, k, v, g, beta, _ = make_inputs(T=30, seed=11)
+    M = delta_rule_mixing_matrix(q, k, g, beta, use_qk_l2norm_in_kernel=True)  # (B, Hv, T, T)
+    assert M.shape == (2, 4, 30, 30)
+    assert torch.equal(M.triu(1), torch.zeros_like(M))  # no token reads the future
+    o, _ = recurrent_gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)
+    assert max_abs_diff((M @ v.transpose(1, 2)).transpose(1, 2), o) <= TOL
+
+
+@settings(max_examples=25, deadline=None)
+@given(T=st.integers(1, 90), C=st.sampled_from([1, 4, 7, 32]), r=st.sampled_from([1, 2]),
+       Dk=st.integers(1, 9), Dv=st.integers(1, 9), seed=st.integers(0, 1000))
+def test_property_chunk_size_does_not_matter(T, C, r, Dk, Dv, seed):
+    q, k, v, g, beta, S0 = make_inputs(B=1, T=T, Hk=2, Hv=2 * r, Dk=Dk, Dv=Dv, seed=seed, state=True)
+    kw = dict(initial_state=S0, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    o_rec, S_rec = recurrent_gated_delta_rule(q, k, v, g, beta, **kw)
+    o_chk, S_chk = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=C, **kw)
+    assert max_abs_diff(o_chk, o_rec) <= TOL and max_abs_diff(S_chk, S_rec) <= TOL
+
+
+def test_bad_inputs_raise_clear_errors():
+    q, k, v, g, beta, _ = make_inputs(T=4)
+    with pytest.raises(ValueError, match="value heads"):
+        chunk_gated_delta_rule(q, k, v[:, :, :3], g[..., :3], beta[..., :3])
+    with pytest.raises(ValueError, match="^k:"):
+        chunk_gated_delta_rule(q, k[..., :4], v, g, beta)
+    with pytest.raises(ValueError, match="^beta:"):
+        recurrent_gated_delta_rule(q, k, v, g, beta[:, :3])
+    with pytest.raises(ValueError, match="initial_state"):
+        chunk_gated_delta_rule(q, k, v, g, beta, initial_state=torch.zeros(2, 4, 6, 8))
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=0)
+    with pytest.raises(ValueError, match="^q:"):
+        chunk_gated_delta_rule(q[0], k, v, g, beta)
+
+
+# ------------------------------------------------------------------------------ causal conv
+def test_causal_conv_matches_padded_conv_and_carries_its_state():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3, bias=False)
+    x = torch.randn(2, 6, 11)
+    y_ref = conv(x)[..., :11]
+    y, state = causal_conv1d(x, conv.weight.squeeze(1))
+    assert y.shape == (2, 6, 11) and state.shape == (2, 6, 4)
+    assert max_abs_diff(y, y_ref) <= 1e-6
+    assert torch.equal(state, x[..., -4:])
+    # prefill 2 (shorter than the kernel), one-token steps, then a multi-token step
+    y1, s = causal_conv1d(x[..., :2], conv.weight.squeeze(1))
+    ys = [y1]
+    for t in range(2, 5):
+        ys.append(causal_conv1d_step(x[..., t], conv.weight.squeeze(1), s).unsqueeze(-1))
+    y3, s = causal_conv1d(x[..., 5:], conv.weight.squeeze(1), s)
+    assert max_abs_diff(torch.cat(ys + [y3], -1), y_ref) <= 1e-6 and torch.equal(s, state)
+    with pytest.raises(ValueError, match="state"):
+        causal_conv1d(x, conv.weight.squeeze(1), torch.zeros(2, 6, 3))
+
+
+# --------------------------------------------------------------------------------- the state
+def test_state_select_and_nbytes():
+    st_ = DeltaNetState()
+    assert st_.is_empty and st_.nbytes() == 0
+    st_.conv_state = torch.arange(3.0).view(3, 1, 1).expand(3, 5, 4).clone()
+    st_.recurrent_state = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 2, 4, 4).clone()
+    assert st_.nbytes() == 3 * 5 * 4 * 4 + 3 * 2 * 4 * 4 * 4
+    st_.select(torch.tensor([2, 0]))
+    assert st_.conv_state[:, 0, 0].tolist() == [2.0, 0.0] and st_.recurrent_state[:, 0, 0, 0].tolist() == [2.0, 0.0]
+    with pytest.raises(IndexError, match="batch_index"):
+        st_.select([5])
+
+
+def test_full_config_state_size_matches_spec():
+    cfg = Qwen3NextConfig.full()
+    with torch.device("meta"):
+        layer = GatedDeltaNet(cfg, 0)
+    assert layer.conv_dim == 8192 and sum(p.numel() for p in layer.parameters()) == 33_718_464
+    # conv state in the activation dtype (bf16), recurrent state in fp32: SPEC's "about 74 MiB" for 36 layers
+    st_ = DeltaNetState(torch.empty(1, 8192, 4, dtype=torch.bfloat16), torch.empty(1, 32, 128, 128))
+    assert st_.nbytes() * 36 / 2**20 == pytest.approx(74.25)
+
+
+# --------------------------------------------------------------------------------- the layer
+def build_pair(cfg: Qwen3NextConfig, seed=0, std=None):
+    torch.manual_seed(seed)
+    ours = GatedDeltaNet(cfg, layer_idx=0)
+    if std is not None:  # wider weights than the init so that the gates and the conv all matter
+        with torch.no_grad():
+            for p in ours.parameters():
+                p.normal_(0, std)
+    ref = ref_mod.Qwen3NextGatedDeltaNet(reference_config(cfg), 0)
+    ref.load_state_dict(ours.state_dict())
+    return ours.eval(), ref.eval()
+
+
+def test_parameter_names_and_shapes_are_the_hub_keys():
+    cfg = Qwen3NextConfig.tiny()
+    ours, ref = build_pair(cfg)
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    assert isinstance(ours.conv1d, torch.nn.Conv1d) and ours.conv1d.groups == cfg.linear_conv_dim
+    assert ours.conv1d.padding == (cfg.linear_conv_kernel_dim - 1,) and ours.conv1d.bias is None
+
+
+def test_init_like_the_reference():
+    torch.manual_seed(0)
+    layer = GatedDeltaNet(Qwen3NextConfig.tiny(linear_num_value_heads=64, linear_num_key_heads=16), 0)
+    A = layer.A_log.exp()
+    assert torch.all(A >= 0.01 - 1e-6) and torch.all(A <= 16 + 1e-4) and A.std() > 1
+    assert torch.equal(layer.dt_bias, torch.ones(64)) and torch.equal(layer.norm.weight, torch.ones(16))
+
+
+def test_layer_matches_reference_full_sequence_and_padding():
+    cfg = Qwen3NextConfig.tiny()
+    ours, ref = build_pair(cfg, std=0.2)
+    x = torch.randn(2, 70, cfg.hidden_size)
+    mask = torch.ones(2, 70, dtype=torch.long)
+    mask[1, :9] = 0  # left padding of the second row
+    with torch.no_grad():
+        y = ours(x)
+        assert y.shape == x.shape and max_abs_diff(y, ref(x)) <= 1e-5 * (1 + y.abs().max().item())
+        y_m = ours(x, attention_mask=mask)
+        assert max_abs_diff(y_m, ref(x, attention_mask=mask)) <= 1e-5 * (1 + y.abs().max().item())
+        # padding only changes the padded row, and a left-padded row equals the unpadded suffix
+        assert torch.equal(y_m[0], y[0])
+        assert max_abs_diff(y_m[1, 9:], ours(x[1:, 9:])[0]) <= 1e-5 * (1 + y.abs().max().item())
+    with pytest.raises(ValueError, match="attention_mask"):
+        ours(x, attention_mask=mask[:, :5])
+
+
+def _cached_run(layer, x, steps, cache):
+    outs, t = [], 0
+    for n in steps:
+        outs.append(layer(x[:, t:t + n], cache=cache))
+        t += n
+    return torch.cat(outs, 1)
+
+
+@pytest.mark.parametrize("steps", [[40, 1, 1, 1, 1, 1, 25], [2, 1, 1, 66], [1, 1, 1, 1, 3, 63]])
+def test_layer_cache_prefill_steps_and_multitoken_equal_full_forward(steps):
+    cfg = Qwen3NextConfig.tiny()
+    ours, ref = build_pair(cfg, std=0.2)
+    x = torch.randn(2, sum(steps), cfg.hidden_size)
+    with torch.no_grad():
+        y = ours(x)
+        tol = 2e-5 * (1 + y.abs().max().item())
+        cache = DeltaNetState()
+        y_c = _cached_run(ours, x, steps, cache)
+        assert max_abs_diff(y_c, y) <= tol
+        assert cache.conv_state.shape == (2, cfg.linear_conv_dim, cfg.linear_conv_kernel_dim)
+        assert cache.recurrent_state.shape == (2, 4, 16, 16) and cache.recurrent_state.dtype == torch.float32
+        ref_cache = ref_mod.DynamicCache(config=reference_config(cfg))
+        y_r = _cached_run(ref, x, steps, ref_cache)
+        assert max_abs_diff(y_c, y_r) <= tol
+        assert max_abs_diff(cache.recurrent_state, ref_cache.layers[0].recurrent_states[0]) <= tol
+        assert max_abs_diff(cache.conv_state, ref_cache.layers[0].conv_states[0]) <= 1e-6
+
+
+def test_cache_select_keeps_rows_consistent():
+    cfg = Qwen3NextConfig.tiny()
+    ours, _ = build_pair(cfg, std=0.2)
+    x = torch.randn(3, 12, cfg.hidden_size)
+    with torch.no_grad():
+        cache = DeltaNetState()
+        ours(x[:, :10], cache=cache)
+        cache.select([2, 0])
+        y = ours(x[[2, 0], 10:], cache=cache)
+        assert max_abs_diff(y, ours(x[[2, 0]])[:, 10:]) <= 1e-5
+        with pytest.raises(ValueError, match="batch"):
+            ours(x[:, 10:], cache=cache)
+
+
+def test_layer_bfloat16_runs_and_stays_close():
+    cfg = Qwen3NextConfig.tiny()
+    ours, ref = build_pair(cfg, std=0.1)
+    x = torch.randn(1, 30, cfg.hidden_size)
+    with torch.no_grad():
+        y32 = ours(x)
+        ours16, ref16 = ours.to(torch.bfloat16), ref.to(torch.bfloat16)
+        cache = DeltaNetState()
+        y16 = _cached_run(ours16, x.bfloat16(), [20, 1, 9], cache)
+        assert y16.dtype == torch.bfloat16 and cache.recurrent_state.dtype == torch.float32
+        scale = y32.abs().max().item()
+        assert max_abs_diff(y16, y32) <= 0.05 * scale
+        assert max_abs_diff(ours16(x.bfloat16()), ref16(x.bfloat16())) <= 0.02 * scale
+
+
+@pytest.mark.slow
+def test_layer_matches_reference_at_real_width():
+    cfg = Qwen3NextConfig.full()
+    assert (cfg.hidden_size, cfg.linear_num_key_heads, cfg.linear_num_value_heads) == (2048, 16, 32)
+    ours, ref = build_pair(cfg)
+    x = torch.randn(1, 70, cfg.hidden_size)
+    with torch.no_grad():
+        y = ours(x)
+        tol = 1e-5 * (1 + y.abs().max().item())
+        assert max_abs_diff(y, ref(x)) <= tol
+        cache, ref_cache = DeltaNetState(), ref_mod.DynamicCache(config=reference_config(cfg))
+        steps = [60, 1, 1, 8]
+        y_c, y_rc = _cached_run(ours, x, steps, cache), _cached_run(ref, x, steps, ref_cache)
+        assert max_abs_diff(y_c, y) <= tol and max_abs_diff(y_c, y_rc) <= tol
+        assert cache.nbytes() == 8192 * 4 * 4 + 32 * 128 * 128 * 4
