@@ -1,0 +1,74 @@
+"""Sphinx fixes for the book: MathJax served from the site itself, and no doubled inline scripts.
+
+**Local MathJax.** Sphinx's ``sphinx.ext.mathjax`` loads MathJax 3 from a CDN by default. This extension copies the
+MathJax 3 ``es5`` bundle vendored by the PyPI package ``django-static-mathjax`` (MathJax 3.2.2,
+Apache-2.0; its only Python content is an empty ``mathjax`` module) into ``_build/html/_static/mathjax``.
+``_config.yml`` points ``mathjax_path`` at ``mathjax/tex-mml-chtml.js``, which Sphinx resolves
+relative to ``_static``.
+
+**Doubled inline scripts.** Sphinx 7.4 keeps file scripts unique but not inline ones, and
+sphinx-thebe and sphinx-togglebutton register theirs after the builder is initialised, so every page
+got ``const THEBE_JS_URL = ...`` twice and the second copy threw a SyntaxError in the browser.
+``_dedupe_scripts`` drops exact repeats from each page's script list.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from sphinx.errors import ExtensionError
+
+PACKAGE = "django-static-mathjax==3.2.2.1"
+TARGET = "mathjax"  # under _static
+
+
+def mathjax_source() -> Path:
+    """The vendored MathJax 3 ``es5`` folder, or a clear error naming the package to install."""
+    try:
+        import mathjax  # the module installed by django-static-mathjax
+    except ImportError as err:
+        raise ExtensionError(
+            f"local MathJax: the Python module 'mathjax' is missing; install it with "
+            f"`pip install {PACKAGE}` (make venv does)"
+        ) from err
+    es5 = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5"
+    if not (es5 / "tex-mml-chtml.js").is_file():
+        raise ExtensionError(f"local MathJax: expected {es5 / 'tex-mml-chtml.js'}, not found")
+    return es5
+
+
+def _check(app) -> None:
+    if app.builder.format == "html":
+        path = app.config.mathjax_path
+        if "://" in path or path.startswith("//"):
+            raise ExtensionError(f"local MathJax: mathjax_path must be local (relative to _static), got {path!r}")
+        mathjax_source()
+
+
+def _copy(app, exception) -> None:
+    if exception is not None or app.builder.format != "html":
+        return
+    shutil.copytree(mathjax_source(), Path(app.outdir) / "_static" / TARGET, dirs_exist_ok=True)
+
+
+def _dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, unique = set(), []
+    for js in scripts:
+        attrs = getattr(js, "attributes", {}) or {}
+        # an inline script is registered once with filename None and once with "": same script
+        key = (str(getattr(js, "filename", js) or ""), tuple(sorted((k, str(v)) for k, v in attrs.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(js)
+    context["script_files"] = unique
+
+
+def setup(app):
+    app.connect("builder-inited", _check)
+    app.connect("build-finished", _copy)
+    app.connect("html-page-context", _dedupe_scripts)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
