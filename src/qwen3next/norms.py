@@ -25,6 +25,11 @@ def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
+def _check_last_dim(name: str, x: torch.Tensor, dim: int) -> None:
+    if x.dim() == 0 or x.shape[-1] != dim:
+        raise ValueError(f"{name}: expected last dimension {dim} (the norm's width), found shape {tuple(x.shape)}")
+
+
 class RMSNorm(nn.Module):
     """Zero-centred RMSNorm: the gain is ``1 + weight`` so weight decay pulls it towards 1, not 0."""
 
@@ -34,6 +39,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))  # (D,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., D)
+        _check_last_dim("x", x, self.weight.shape[0])
         # scale in float32, then cast: rounding once at the end, as the reference does
         return (rms_normalize(x, self.eps) * (1.0 + self.weight.float())).type_as(x)
 
@@ -50,6 +56,9 @@ class RMSNormGated(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))  # (D,)
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # (..., D), (..., D)
+        _check_last_dim("x", x, self.weight.shape[0])
+        if gate.shape != x.shape:
+            raise ValueError(f"gate: expected the shape of x {tuple(x.shape)}, found {tuple(gate.shape)}")
         dtype = x.dtype
         # the normalised value is rounded to the input dtype before the gain, like the reference
         y = self.weight * rms_normalize(x, self.eps).to(dtype)
