@@ -1,0 +1,104 @@
+"""Encode 1 MB of mixed text with our tokenizer and with the Rust ``tokenizers``, one thread each.
+
+The text is built deterministically (seeded shuffle) from local files: the book's corpus snapshot
+(English prose, Markdown, Python), the package source, and Chinese / Japanese / Arabic / emoji
+paragraphs written here. Prints times, throughput and the ratio ours / reference; checks the ids agree.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_tokenizer.py
+"""
+
+from __future__ import annotations
+
+import os
+
+# one thread for the Rust side (set before tokenizers is imported)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAYON_NUM_THREADS", "1")
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import random  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import tokenizers  # noqa: E402
+
+import qwen3next  # noqa: E402
+from qwen3next.tokenizer import Tokenizer, load_corpus, qwen3_files_dir  # noqa: E402
+
+MULTILINGUAL = [
+    "通义千问是一个大型语言模型，能够回答问题、创作文字，还能表达观点、撰写代码。",
+    "混合注意力把线性注意力和门控注意力结合起来，在长上下文中既快又准。",
+    "今天天气很好，我们去公园散步吧！你觉得怎么样？😊",
+    "稀疏专家混合模型每个词元只激活十个专家，总参数八百亿，激活参数约三十亿。",
+    "東京は日本の首都です。カタカナとひらがなと漢字を混ぜて書きます。",
+    "مرحبا بالعالم! هذا نموذج لغوي كبير يدعم العديد من اللغات.",
+    "Привет, мир! Это большая языковая модель с гибридным вниманием.",
+    "🚀🔥 Emoji run: 👩‍👩‍👧‍👦 👍🏽 🇯🇵 ❤️ 🧑‍💻 🤖✨ — and back to text. 🎉🎉🎉",
+    "한국어도 잘 처리합니다. 띄어쓰기가 있는 언어입니다.",
+    "Ελληνικά κείμενα με τόνους: άλφα, βήτα, γάμμα.",
+]
+
+
+def mixed_text(n_bytes: int = 1 << 20, seed: int = 0) -> str:
+    """About ``n_bytes`` of text: paragraphs of prose, code and other scripts in a seeded order."""
+    paragraphs = []
+    for text in load_corpus().values():
+        paragraphs += [p for p in text.split("\n\n") if p.strip()]
+    for path in sorted(Path(qwen3next.__file__).parent.glob("*.py")):
+        paragraphs += [p for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    rng = random.Random(seed)
+    out, size = [], 0
+    while size < n_bytes:
+        p = rng.choice(MULTILINGUAL) if rng.random() < 0.3 else rng.choice(paragraphs)
+        out.append(p)
+        size += len(p.encode("utf-8")) + 2
+    return "\n\n".join(out)
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    text = mixed_text()
+    mb = len(text.encode("utf-8")) / 1e6
+    ref = tokenizers.Tokenizer.from_file(str(qwen3_files_dir() / "tokenizer.json"))
+
+    t0 = time.perf_counter()
+    tok = Tokenizer.qwen3()
+    load = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ids = tok.encode(text)  # cold: empty word cache
+    cold = time.perf_counter() - t0
+    warm = best_of(lambda: tok.encode(text), 3)
+    ref_time = best_of(lambda: ref.encode(text), 3)
+    ref_ids = ref.encode(text).ids
+    assert ids == ref_ids, "ids differ from the reference"
+
+    # the reference is slow on one 1 MB string (offset bookkeeping); per paragraph it is faster
+    paragraphs = text.split("\n\n")
+    ref_para = best_of(lambda: ref.encode_batch(paragraphs), 3)
+    tok_para = best_of(lambda: [tok.encode(p) for p in paragraphs], 3)
+
+    dec = best_of(lambda: tok.decode(ids), 3)
+    ref_dec = best_of(lambda: ref.decode(ids, skip_special_tokens=False), 3)
+    assert tok.decode(ids) == ref.decode(ids, skip_special_tokens=False)
+
+    print(f"text: {mb:.2f} MB, {len(text):,} characters, {len(ids):,} tokens (ids equal to tokenizers: True)")
+    print(f"load Tokenizer.qwen3(): {load:.2f} s")
+    print(f"encode  ours cold {cold:.3f} s ({mb / cold:.2f} MB/s) | ours warm {warm:.3f} s ({mb / warm:.2f} MB/s) "
+          f"| tokenizers {ref_time:.3f} s ({mb / ref_time:.2f} MB/s)")
+    print(f"encode ratio ours/tokenizers: cold {cold / ref_time:.2f}x, warm {warm / ref_time:.2f}x (target < 3x)")
+    print(f"per paragraph ({len(paragraphs):,} strings): ours warm {tok_para:.3f} s | tokenizers encode_batch "
+          f"{ref_para:.3f} s | ratio {tok_para / ref_para:.2f}x")
+    print(f"decode  ours {dec:.3f} s | tokenizers {ref_dec:.3f} s | ratio {dec / ref_dec:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
