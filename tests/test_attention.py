@@ -4,7 +4,14 @@ import pytest
 import torch
 from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextAttention
 
-from qwen3next.attention import GatedAttention, KVCache, attention_mask_bool, eager_attention, sdpa_attention
+from qwen3next.attention import (
+    GatedAttention,
+    KVCache,
+    attention_mask_bool,
+    attention_weights,
+    eager_attention,
+    sdpa_attention,
+)
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.reference import max_abs_diff, reference_config
 from qwen3next.rope import RotaryEmbedding
@@ -236,3 +243,19 @@ def test_bad_input_errors():
         attn.implementation = "flash"
     with pytest.raises(ValueError, match="x: expected shape"):
         attn(torch.randn(4, TINY.hidden_size), *RotaryEmbedding(TINY)(torch.arange(4)[None]))
+
+
+def test_attention_weights_match_reference():
+    ours = _attention(TINY)
+    ref = _reference(TINY, ours)
+    x, cos, sin, mask = _inputs(TINY)
+    with torch.no_grad():
+        q, k, _, _ = ours.project(x, cos, sin)
+        weights = attention_weights(q, k, attention_mask_bool(mask, 2, 0, x.shape[1], x.device))
+        _, ref_weights = ref(x, (cos, sin), _reference_mask(mask, torch.float32))
+    assert weights.shape == (2, TINY.num_attention_heads, 9, 9)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, TINY.num_attention_heads, 9))
+    assert float(weights[0].triu(1).abs().max()) == 0.0  # causal: no weight on the future
+    assert float(weights[1, :, 3:, :3].abs().max()) == 0.0  # real tokens put no weight on padding
+    real = mask.bool()
+    assert max_abs_diff(weights.transpose(1, 2)[real], ref_weights.transpose(1, 2)[real]) <= 1e-6

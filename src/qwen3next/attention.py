@@ -125,17 +125,27 @@ def attention_mask_bool(
     return allowed | ~allowed.any(dim=-1, keepdim=True)
 
 
+def attention_weights(q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(D))`` over the allowed keys, in float32: ``(B, H, T, S)``, rows sum to 1.
+
+    ``q (B, H, T, D)``, ``k (B, Hkv, S, D)``, ``allowed (B or 1, 1, T, S)``. Chapters use it to draw
+    attention maps; :func:`eager_attention` builds on it.
+    """
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)  # (B, H, S, D): query head h reads kv head h // groups
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # (B, H, T, S)
+    # the most negative finite number, not -inf: exp() gives exactly 0, and a fully hidden row stays finite
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32)
+
+
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """The readable kernel: ``softmax(q k^T / sqrt(D), masked) v`` with the softmax in float32.
 
     ``q (B, H, T, D)``, ``k, v (B, Hkv, S, D)``, ``allowed (B or 1, 1, T, S)`` -> ``(B, H, T, D)``.
     """
-    groups = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(groups, dim=1)  # (B, H, S, D): query head h reads kv head h // groups
-    v = v.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # (B, H, T, S)
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # rows sum to 1
+    weights = attention_weights(q, k, allowed).to(q.dtype)  # (B, H, T, S), like the reference: probs in q's dtype
+    v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)  # (B, H, S, D)
     return torch.matmul(weights, v)  # (B, H, T, D)
 
 
