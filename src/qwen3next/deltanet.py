@@ -169,56 +169,68 @@ def chunk_gated_delta_rule(
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive integer, found {chunk_size!r}")
     B, T, Hk, Hv, Dk, Dv = _check_inputs(q, k, v, g, beta, initial_state)
-    out_dtype = v.dtype
-    q, k, v, g, beta = _to_heads_first(q, k, v, g, beta, use_qk_l2norm_in_kernel)
+    out_dtype, r = v.dtype, Hv // Hk
     S = _initial_state(initial_state, (B, Hv, Dk, Dv), v.device)
     if T == 0:
         return v.new_zeros(B, 0, Hv, Dv).to(out_dtype), S if output_final_state else None
+    C = min(chunk_size, T)  # a sequence shorter than a chunk is one chunk of its own length (no padding work)
+    N = -(-T // C)  # chunks, the last one padded
 
-    # pad to whole chunks: k = 0, beta = 0 and g = 0 write nothing and forget nothing
-    C = chunk_size
-    pad = (-T) % C
-    if pad:
-        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-        g, beta = (F.pad(x, (0, pad)) for x in (g, beta))
-    N = (T + pad) // C
-    BH = B * Hv
-    # chunk-major layout (N, B*Hv, C, D) so that each step of the scan reads contiguous blocks
-    q, k, v = (x.reshape(BH, N, C, x.shape[-1]).transpose(0, 1) for x in (q, k, v))  # (N, BH, C, D)
-    g, beta = (x.reshape(BH, N, C).transpose(0, 1) for x in (g, beta))  # (N, BH, C)
+    # One copy per input into a chunk-major fp32 layout (N, B, H, C, D): each step of the scan then reads
+    # one contiguous block. Padding is k = 0, beta = 0, g = 0: it writes nothing and forgets nothing.
+    q, k = _chunked(q, N, C), _chunked(k, N, C)  # (N, B, Hk, C, Dk)
+    v = _chunked(v, N, C)  # (N, B, Hv, C, Dv)
+    g, beta = _chunked(g.unsqueeze(-1), N, C)[..., 0], _chunked(beta.unsqueeze(-1), N, C)[..., 0]  # (N, B, Hv, C)
+    if use_qk_l2norm_in_kernel:
+        q, k = l2_normalize(q), l2_normalize(k)
+    q = q * Dk**-0.5
+    # value heads grouped under their key head: (N, B, Hk, r, ...); q and k broadcast over r, never copied
+    q, k = q.unsqueeze(3), k.unsqueeze(3)  # (N, B, Hk, 1, C, Dk)
+    v = v.view(N, B, Hk, r, C, Dv)
+    g, beta = g.view(N, B, Hk, r, C), beta.view(N, B, Hk, r, C)
 
-    gamma = g.cumsum(-1)  # (N, BH, C) log decay from the chunk start to each position
+    gamma = g.cumsum(-1)  # (N, B, Hk, r, C) log decay from the chunk start to each position
     lower = torch.ones(C, C, dtype=torch.bool, device=v.device).tril()
     # Gamma_ij = exp(gamma_i - gamma_j) for i >= j; masking before exp keeps the upper half from overflowing
-    Gamma = (gamma.unsqueeze(-1) - gamma.unsqueeze(-2)).masked_fill(~lower, -math.inf).exp()  # (N, BH, C, C)
+    Gamma = (gamma.unsqueeze(-1) - gamma.unsqueeze(-2)).masked_fill(~lower, -math.inf).exp()  # (..., r, C, C)
 
-    # UT transform: one triangular solve gives U and W together
-    kk = (k @ k.transpose(-1, -2)) * Gamma  # (N, BH, C, C)
-    A = (beta.unsqueeze(-1) * kk).tril(-1)  # (N, BH, C, C) strictly lower
+    # UT transform: T_inv = (I + strictly_lower(diag(beta) (K K^T * Gamma)))^-1, then U and W are products
+    A = (k @ k.transpose(-1, -2) * Gamma * beta.unsqueeze(-1)).tril(-1)  # (N, B, Hk, r, C, C)
     I = torch.eye(C, dtype=A.dtype, device=A.device)
-    rhs = torch.cat([v, k * gamma.exp().unsqueeze(-1)], dim=-1) * beta.unsqueeze(-1)  # (N, BH, C, Dv + Dk)
-    UW = torch.linalg.solve_triangular(I + A, rhs, upper=False, unitriangular=True)
-    U, W = UW[..., :Dv], UW[..., Dv:]  # (N, BH, C, Dv), (N, BH, C, Dk)
+    T_inv = torch.linalg.solve_triangular(I + A, I.expand_as(A), upper=False, unitriangular=True)
+    U = T_inv @ (v * beta.unsqueeze(-1))  # (N, B, Hk, r, C, Dv)
+    W = T_inv @ (k * (beta * gamma.exp()).unsqueeze(-1))  # (N, B, Hk, r, C, Dk)
 
-    P = (q @ k.transpose(-1, -2)) * Gamma  # (N, BH, C, C) intra-chunk "attention", lower triangular
-    q_decayed = q * gamma.exp().unsqueeze(-1)  # (N, BH, C, Dk) reads the state carried into the chunk
-    # W and q_decayed both multiply S: stack them so each step does one product instead of two
-    WQ = torch.cat([W, q_decayed], dim=-2).contiguous()  # (N, BH, 2C, Dk)
-    k_to_end_T = (k * (gamma[..., -1:] - gamma).exp().unsqueeze(-1)).transpose(-1, -2).contiguous()  # (N, BH, Dk, C)
-    chunk_decay = gamma[..., -1].exp()[..., None, None]  # (N, BH, 1, 1)
-    U, P = U.contiguous(), P.contiguous()
+    P = q @ k.transpose(-1, -2) * Gamma  # (N, B, Hk, r, C, C) intra-chunk "attention", lower triangular
+    q_in = q * gamma.exp().unsqueeze(-1)  # (N, B, Hk, r, C, Dk) reads the state carried into the chunk
+    k_out = k * (gamma[..., -1:] - gamma).exp().unsqueeze(-1)  # (N, B, Hk, r, C, Dk) writes the state
+    chunk_decay = gamma[..., -1].exp()  # (N, B, Hk, r)
 
+    BH = B * Hv
+    U, W, P, q_in, k_out = (x.reshape(N, BH, C, x.shape[-1]) for x in (U, W, P, q_in, k_out))
+    chunk_decay = chunk_decay.reshape(N, BH, 1, 1)
     S = S.reshape(BH, Dk, Dv)
     outputs = []
     for n in range(N):  # the only sequential part: one state hand-over per chunk
-        WS_QS = torch.bmm(WQ[n], S)  # (BH, 2C, Dv)
-        v_new = U[n] - WS_QS[:, :C]  # (BH, C, Dv)
-        outputs.append(torch.baddbmm(WS_QS[:, C:], P[n], v_new))  # (BH, C, Dv)
-        S = torch.baddbmm(S * chunk_decay[n], k_to_end_T[n], v_new)  # (BH, Dk, Dv)
+        v_new = torch.baddbmm(U[n], W[n], S, alpha=-1)  # (BH, C, Dv) = U - W S
+        outputs.append(torch.baddbmm(q_in[n] @ S, P[n], v_new))  # (BH, C, Dv)
+        S = torch.baddbmm(S * chunk_decay[n], k_out[n].transpose(-1, -2), v_new)  # (BH, Dk, Dv)
 
-    o = torch.stack(outputs, dim=1).reshape(B, Hv, N * C, Dv)[:, :, :T]  # (B, Hv, T, Dv)
-    o = o.transpose(1, 2).contiguous().to(out_dtype)  # (B, T, Hv, Dv)
+    o = torch.stack(outputs).view(N, B, Hv, C, Dv).permute(1, 0, 3, 2, 4)  # (B, N, C, Hv, Dv)
+    o = o.reshape(B, N * C, Hv, Dv)[:, :T].to(out_dtype)  # (B, T, Hv, Dv)
     return o, S.reshape(B, Hv, Dk, Dv) if output_final_state else None
+
+
+def _chunked(x: torch.Tensor, N: int, C: int) -> torch.Tensor:
+    """(B, T, H, D) -> (N, B, H, C, D) float32, zero-padded to N * C steps, in a single copy."""
+    B, T, H, D = x.shape
+    out = x.new_zeros((N, B, H, C, D), dtype=torch.float32)
+    whole, rest = divmod(T, C)
+    if whole:
+        out[:whole].copy_(x[:, : whole * C].reshape(B, whole, C, H, D).permute(1, 0, 3, 2, 4))
+    if rest:
+        out[whole, :, :, :rest].copy_(x[:, whole * C :].permute(0, 2, 1, 3))
+    return out
 
 
 # ------------------------------------------------------------------------------ attention form
