@@ -7,8 +7,11 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
+# MathJax 3 for offline book builds (tools/book_ext.py copies it into the site)
+MATHJAX := django-static-mathjax==3.2.2.1
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: venv book test test-unit test-chapters lint bench clean
+.PHONY: venv book test test-unit test-chapters lint bench clean chromium check-book student
 
 venv: $(STAMP)
 
@@ -16,6 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -c "import mathjax" 2>/dev/null || $(PY) -m pip install -q $(MATHJAX)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -23,9 +27,25 @@ book: venv
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
-test: venv
+# Debian's Chromium for the browser checks of the book (tests/test_site.py); skipped when present.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium (apt-get)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { echo "chromium is not installed: the book's browser checks need it"; exit 1; }
+
+# tests/ includes the book checks: build with warnings as errors, every page in Chromium, a chapter
+# in a simulated Colab, the student notebooks (check-book runs only those).
+test: venv chromium
 	$(VENV)/bin/pytest tests chapters --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		--nbval-cell-timeout=300 -p no:cacheprovider
+
+check-book: venv chromium
+	$(VENV)/bin/pytest tests/test_site.py tests/test_colab_sim.py tests/test_student.py -p no:cacheprovider
+	@echo "Screenshots of the site: $(CURDIR)/artifacts/screenshots"
+
+# Student notebooks (solutions taken out) in student/
+student: venv
+	$(PY) tools/make_student.py -o student
 
 test-unit: venv
 	$(VENV)/bin/pytest tests
@@ -34,10 +54,10 @@ test-chapters: venv
 	$(VENV)/bin/pytest chapters --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=300
 
 lint: venv
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
 
 bench: venv
 	for b in benchmarks/bench_*.py; do OMP_NUM_THREADS=1 $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf _build $(VENV)
+	rm -rf _build $(VENV) student artifacts

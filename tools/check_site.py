@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import functools
 import http.server
 import json
 import os
+import posixpath
 import re
 import select
 import shutil
@@ -79,12 +81,24 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
+        # move the child's ends above 9 so that 3<&N and 4>&M cannot overwrite one another (dash takes
+        # only one-digit fds in redirections, hence bash)
+        for name in ("to_chrome_r", "from_chrome_w"):
+            fd = locals()[name]
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+            os.close(fd)
+            if name == "to_chrome_r":
+                to_chrome_r = high
+            else:
+                from_chrome_w = high
         exe = find_chromium()
         # a shell moves the two pipe ends onto fds 3 and 4, where Chromium expects them
-        cmd = ["/bin/sh", "-c", f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}', exe,
+        cmd = ["/bin/bash", "-c", f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}', exe,
                *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "about:blank"]
-        self.proc = subprocess.Popen(cmd, pass_fds=(to_chrome_r, from_chrome_w),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.log = Path(self.profile) / "chromium-stderr.log"
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen(cmd, pass_fds=(to_chrome_r, from_chrome_w),
+                                         stdout=subprocess.DEVNULL, stderr=err)
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buf = b""
@@ -115,7 +129,8 @@ class Browser:
             if ready:
                 chunk = os.read(self._from_chrome, 1 << 20)
                 if not chunk:
-                    raise BrowserError(f"Chromium exited (code {self.proc.poll()})")
+                    tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+                    raise BrowserError(f"Chromium closed the DevTools pipe (exit code {self.proc.poll()}):\n{tail}")
                 self._buf += chunk
         raw, self._buf = self._buf.split(b"\0", 1)
         return json.loads(raw)
@@ -359,7 +374,14 @@ def _request_problems(page: str, events: list[dict], base: str) -> list[str]:
     return problems
 
 
+REFRESH = re.compile(r'<meta[^>]+http-equiv="refresh"[^>]+url=([^"\s>]+)', re.I)
+
+
 def check_page(browser: Browser, page: str, base: str, root: Path, repo: Path, ids_cache: dict) -> list[str]:
+    redirect = REFRESH.search((root / page).read_text(errors="replace"))
+    if redirect:  # index.html only forwards to the root document: check where it points
+        target = base + posixpath.normpath(posixpath.join(posixpath.dirname(page), redirect.group(1)))
+        return check_links(page, [target], base, root, ids_cache)
     browser.open(base + page)
     info = browser.evaluate(PROBE, timeout=60)
     problems = _request_problems(page, browser.events, base)
@@ -431,7 +453,7 @@ def check_site(root: Path, repo: Path = REPO, screenshots: Path | None = None, s
     pages = site_pages(root)
     if screenshot_pages is None:
         chapters = [p for p in pages if (root / "_sources" / (p[:-5] + ".ipynb")).is_file()]
-        screenshot_pages = ["index.html", "book/notation.html", *chapters[:1]]
+        screenshot_pages = [f"{toc_files(repo)[0]}.html", "book/notation.html", *chapters[:1]]
     ids_cache: dict = {}
     t0 = time.monotonic()
     with SiteServer(root) as server, Browser() as browser:

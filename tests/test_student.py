@@ -1,0 +1,120 @@
+"""The classroom kit: student notebooks, the exercise checks behind them, and the teacher's page.
+
+``tools/make_student.py`` turns every chapter into a student notebook. These tests check, for every
+chapter present, that the result is a valid notebook with no solution left in it, that each answer
+cell runs as written (the check prints a hint for the placeholder ``...`` instead of crashing), that
+each ``check_...`` defined for a chapter is used by one of its solutions, and that the teacher's page
+gives a time for every chapter of ``_toc.yml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import io
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+import check_site  # noqa: E402
+import make_student  # noqa: E402
+
+CHAPTERS = sorted((REPO / "chapters").glob("[0-9]*.ipynb"))
+IDS = [c.stem for c in CHAPTERS]
+
+SOLUTION = """# @title Solution
+from qwen3next.exercises.ch01_overview import check_routed_fraction
+from qwen3next.accounting import parameter_counts
+p = parameter_counts(Qwen3NextConfig.full())
+answer = p.routed_experts / p.total
+assert check_routed_fraction(answer)"""
+
+
+def code_lines(cells) -> set[str]:
+    return {ln.strip() for c in cells if c.cell_type == "code" for ln in c.source.splitlines() if ln.strip()}
+
+
+def test_answer_source_keeps_import_and_check_only():
+    assert make_student.answer_source(SOLUTION) == (
+        "from qwen3next.exercises.ch01_overview import check_routed_fraction\n"
+        "answer = ...  # your code here\n"
+        "check_routed_fraction(answer)")
+    assert make_student.answer_source("# @title Solution\nx = 1\nprint(x)") is None  # no check: not the form
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=IDS)
+def test_student_notebook(chapter, tmp_path):
+    assert make_student.main([str(chapter), "-o", str(tmp_path)]) == 0
+    book = nbformat.read(chapter, as_version=4)
+    student = nbformat.read(tmp_path / chapter.name, as_version=4)
+    nbformat.validate(student)
+
+    solutions = [c for c in book.cells if make_student.is_solution(c)]
+    assert solutions, f"{chapter.name} has no exercise solutions tagged 'solution'"
+    assert not any(make_student.is_solution(c) for c in student.cells)
+    assert "# @title Solution" not in "".join(c.source for c in student.cells)
+    assert not any("<summary>Solution" in c.source for c in student.cells)
+
+    # no line of solution code survives, unless the chapter's own (non-solution) cells have it too
+    kept = [c for c in book.cells if not make_student.is_solution(c)]
+    leaked = (code_lines(solutions) & code_lines(student.cells)) - code_lines(kept)
+    allowed = {ln for c in solutions for ln in c.source.splitlines()
+               if make_student.IMPORT.match(ln.strip())}
+    assert leaked <= allowed, f"solution code left in the student notebook: {sorted(leaked - allowed)}"
+
+    # one answer cell per solution, in place, and the rest of the chapter unchanged
+    answers = [c for c in student.cells if "exercise" in c.metadata.get("tags", [])]
+    assert len(answers) == len(solutions)
+    answer_ids = {id(c) for c in answers}
+    rest = [c.source for c in student.cells if id(c) not in answer_ids]
+    assert rest == [kept[0].source, make_student.NOTE, *(c.source for c in kept[1:])]
+    for a in answers:
+        assert "cellView" not in a.metadata and "hide-input" not in a.metadata.get("tags", [])
+        if a.cell_type == "code":
+            assert a.outputs == [] and a.execution_count is None
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=IDS)
+def test_answer_cells_run_and_give_a_hint(chapter):
+    """Run each answer cell as a student first sees it: the check must print a hint, not raise."""
+    student, _ = make_student.make_student(nbformat.read(chapter, as_version=4))
+    cells = [c for c in student.cells if c.cell_type == "code" and "exercise" in c.metadata.get("tags", [])
+             and "check_" in c.source]
+    for cell in cells:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(cell.source, f"<{chapter.stem} answer cell>", "exec"), {})
+        assert "Not yet" in out.getvalue() and "Hint" in out.getvalue(), \
+            f"{chapter.name}: the check gave {out.getvalue()!r} for the placeholder answer"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=IDS)
+def test_every_check_is_used_by_a_solution(chapter):
+    module_name = f"qwen3next.exercises.ch{chapter.stem}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        pytest.fail(f"{chapter.name} has no exercise checks: expected the module {module_name}")
+    checks = {n for n, f in inspect.getmembers(module, inspect.isfunction)
+              if n.startswith("check_") and f.__module__ == module.__name__}
+    assert checks, f"{module_name} defines no check_... function"
+    solutions = "".join(c.source for c in nbformat.read(chapter, as_version=4).cells
+                        if make_student.is_solution(c))
+    used = set(re.findall(r"assert (check_\w+)\(", solutions))
+    assert checks <= used, f"{chapter.name}: checks never used by a solution: {sorted(checks - used)}"
+
+
+def test_teachers_page_has_a_time_for_every_chapter():
+    text = (REPO / "book" / "teachers.md").read_text()
+    for doc in check_site.toc_files(REPO):
+        if doc.startswith("chapters/"):
+            name = doc.split("/")[1]
+            row = re.search(rf"^\|[^\n]*{re.escape(name)}[^\n]*\|\s*(\d+)[^\n|]*min", text, re.M)
+            assert row, f"book/teachers.md: no row with the expected time for {name}"
