@@ -5,7 +5,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 # MathJax 3 for offline book builds (tools/book_ext.py copies it into the site)
 MATHJAX := django-static-mathjax==3.2.2.1
