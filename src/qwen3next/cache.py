@@ -1,0 +1,172 @@
+"""The hybrid cache: what Qwen3-Next remembers between forward passes.
+
+A decoder that mixes two kinds of layers needs two kinds of memory (SPEC section 3):
+
+* a gated-attention layer keeps every past key and value (``attention.KVCache``): its memory grows by
+  ``2 * num_key_value_heads * head_dim`` numbers per token;
+* a Gated DeltaNet layer keeps a fixed-size state (``deltanet.DeltaNetState``): the last
+  ``linear_conv_kernel_dim`` inputs of its short convolution and one ``Dk x Dv`` matrix per value
+  head, whatever the context length.
+
+``HybridCache`` holds one of these per layer, in ``config.layer_types`` order, plus what the model needs
+across calls: how many tokens have been seen and, for left-padded batches, the running 2-D padding
+mask ``(B, seen)`` (1 = real token, 0 = padding). It can keep or reorder batch rows (dropping finished
+sequences, beam search) and reports the memory it actually holds, in bytes, per layer type.
+
+Mirrors the hybrid behaviour of ``transformers``' ``DynamicCache`` for Qwen3-Next (attention layers
+plus linear-attention layers with conv and recurrent states). Leaves out: static pre-allocation,
+offloading to CPU, and sliding windows (Qwen3-Next has none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .config import Qwen3NextConfig
+
+
+class HybridCache:
+    """Per-layer caches for a hybrid stack, plus the running padding mask and token count."""
+
+    def __init__(self, layers: list, layer_types: list[str], batch_size: int):
+        if len(layers) != len(layer_types):
+            raise ValueError(f"layers: expected one cache per layer type ({len(layer_types)}), found {len(layers)}")
+        self.layers = list(layers)
+        self.layer_types = list(layer_types)
+        self.batch_size = batch_size
+        self.seen_tokens = 0
+        # (B, seen) padding mask, or None while every token seen so far is real (the common case)
+        self.attention_mask: torch.Tensor | None = None
+
+    @classmethod
+    def for_config(
+        cls, config: Qwen3NextConfig, batch_size: int, device=None, dtype: torch.dtype | None = None
+    ) -> HybridCache:
+        """An empty cache for ``config``: a KV cache per attention layer, a state per DeltaNet layer."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, found {batch_size!r}")
+        layers = [
+            _new_layer_cache(config, i, kind, batch_size, device, dtype) for i, kind in enumerate(config.layer_types)
+        ]
+        return cls(layers, config.layer_types, batch_size)
+
+    # --------------------------------------------------------------------------------- access
+    def __getitem__(self, layer_idx: int):
+        return self.layers[layer_idx]
+
+    def __iter__(self) -> Iterator:
+        return iter(self.layers)
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens seen per row so far (padding included): the length of the attention layers' K and V."""
+        return self.seen_tokens
+
+    def get_seq_length(self) -> int:
+        return self.seen_tokens
+
+    # --------------------------------------------------------------------------- padding mask
+    def extend_mask(self, new_mask: torch.Tensor | None, num_new: int, device=None) -> torch.Tensor | None:
+        """Record ``num_new`` new tokens and return the padding mask over all of them ``(B, seen + new)``.
+
+        ``new_mask`` may cover only the new tokens ``(B, new)`` or everything ``(B, seen + new)``
+        (what ``transformers`` passes). Returns ``None`` when no padding has ever been seen, so the
+        layers can take their fast unmasked path.
+        """
+        past = self.seen_tokens
+        B = self.batch_size
+        if new_mask is not None:
+            if new_mask.dim() != 2 or new_mask.shape[0] != B or new_mask.shape[1] not in (num_new, past + num_new):
+                raise ValueError(
+                    f"attention_mask: expected shape ({B}, {num_new}) or ({B}, {past + num_new}) "
+                    f"(new tokens or all tokens), found {tuple(new_mask.shape)}"
+                )
+            new_mask = new_mask[:, -num_new:].to(torch.long) if num_new else new_mask[:, :0].to(torch.long)
+            if self.attention_mask is None and bool(new_mask.all()):
+                new_mask = None  # still no padding anywhere: stay on the fast path
+        if new_mask is None and self.attention_mask is not None:
+            new_mask = torch.ones(B, num_new, dtype=torch.long, device=self.attention_mask.device)
+        if new_mask is not None:
+            old = self.attention_mask
+            if old is None:
+                old = torch.ones(B, past, dtype=torch.long, device=new_mask.device)
+            self.attention_mask = torch.cat([old, new_mask], dim=1)  # (B, past + new)
+        self.seen_tokens = past + num_new
+        return self.attention_mask
+
+    # ---------------------------------------------------------------------------- batch rows
+    def reorder(self, index: torch.Tensor) -> HybridCache:
+        """Replace the batch by rows ``index`` (LongTensor (B',), repeats allowed), in place.
+
+        Beam search reorders rows this way; ``select`` uses it to drop finished rows.
+        """
+        index = torch.as_tensor(index)
+        if index.dtype == torch.bool:
+            if index.shape != (self.batch_size,):
+                raise ValueError(
+                    f"index: a boolean row mask must have shape ({self.batch_size},), found {tuple(index.shape)}"
+                )
+            index = index.nonzero().squeeze(-1)
+        if index.dim() != 1 or index.dtype != torch.long:
+            raise ValueError(
+                f"index: expected a 1-D LongTensor of row numbers, found {tuple(index.shape)} {index.dtype}"
+            )
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.batch_size):
+            raise ValueError(f"index: rows must be in 0..{self.batch_size - 1}, found {index.tolist()}")
+        for layer in self.layers:
+            _index_rows(layer, index)
+        if self.attention_mask is not None:
+            self.attention_mask = self.attention_mask.index_select(0, index.to(self.attention_mask.device))
+        self.batch_size = int(index.numel())
+        return self
+
+    def select(self, rows) -> HybridCache:
+        """Keep only ``rows`` (a list/LongTensor of row numbers or a boolean mask ``(B,)``), in place."""
+        return self.reorder(torch.as_tensor(rows))
+
+    # -------------------------------------------------------------------------------- memory
+    def layer_nbytes(self) -> list[int]:
+        """Bytes held by each layer's cache tensors, measured from the tensors themselves."""
+        return [_nbytes(layer) for layer in self.layers]
+
+    def memory_report(self) -> dict[str, int]:
+        """Measured bytes per layer type, plus the padding mask and the total."""
+        report = {kind: 0 for kind in ("full_attention", "linear_attention")}
+        for kind, n in zip(self.layer_types, self.layer_nbytes(), strict=True):
+            report[kind] += n
+        report["mask"] = 0 if self.attention_mask is None else _tensor_nbytes(self.attention_mask)
+        report["total"] = sum(report.values())
+        return report
+
+    def __repr__(self) -> str:
+        kinds = {k: self.layer_types.count(k) for k in ("full_attention", "linear_attention")}
+        return (f"HybridCache(batch_size={self.batch_size}, seen_tokens={self.seen_tokens}, "
+                f"attention_layers={kinds['full_attention']}, deltanet_layers={kinds['linear_attention']}, "
+                f"padded={self.attention_mask is not None})")
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _new_layer_cache(config, layer_idx, kind, batch_size, device, dtype):
+    """The per-layer cache object of the module contracts (CONTRIBUTING.md)."""
+    if kind == "full_attention":
+        from .attention import KVCache
+
+        return KVCache()
+    from .deltanet import DeltaNetState
+
+    return DeltaNetState()
+
+
+def _index_rows(layer, index: torch.Tensor) -> None:
+    # both per-layer caches know how to keep/reorder their own batch rows
+    layer.select(index)
+
+
+def _tensor_nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _nbytes(layer) -> int:
+    return int(layer.nbytes())

@@ -1,0 +1,205 @@
+"""Text generation: greedy decoding and sampling on top of the hybrid cache.
+
+Implements the decoding loop of an autoregressive language model: one prefill pass over the prompt,
+then one cached forward pass per new token. Sampling follows the usual recipe (Holtzman et al., "The
+Curious Case of Neural Text Degeneration", 2020, for top-p; Nguyen et al., "Turning Up the Heat: Min-p
+Sampling", 2024, for min-p). It mirrors what ``transformers``' ``GenerationMixin.generate`` does for
+``Qwen3NextForCausalLM`` with ``do_sample`` on or off: the same filter order (temperature, top-k, top-p,
+min-p), the same handling of finished rows (they are filled with the pad id, the loop stops once every
+row has produced an end-of-sequence token), and, for left-padded batches, the same positions (a
+row's first real token is position 0).
+
+Leaves out: beam search, repetition penalties, stop strings, speculative decoding (the checkpoint's MTP
+head is not built here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+
+# ------------------------------------------------------------------------------------ filtering
+def filter_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
+) -> torch.Tensor:
+    """Apply temperature, top-k, top-p and min-p to ``logits (B, V)``; removed tokens get ``-inf``.
+
+    The order is the reference's: temperature first (it changes the probabilities that top-p and
+    min-p look at), then top-k, top-p, min-p. Every filter keeps at least the most likely token.
+    """
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1): the k-th largest logit
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        # keep the smallest set of most likely tokens whose total probability reaches top_p
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs  # probability of all strictly more likely tokens
+        drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if min_p > 0.0:
+        # drop tokens less than min_p times as likely as the best one: a threshold that adapts to confidence
+        probs = logits.softmax(-1)
+        threshold = min_p * probs.max(-1, keepdim=True).values  # (B, 1)
+        logits = logits.masked_fill(probs < threshold, float("-inf"))
+    return logits
+
+
+def next_token(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row from ``logits (B, V)``: arg-max when ``temperature == 0``, else a sample."""
+    if temperature == 0.0:
+        return logits.argmax(-1)  # (B,)
+    probs = filter_logits(logits, temperature, top_k, top_p, min_p).softmax(-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+
+# ---------------------------------------------------------------------------------- checking
+def _check_settings(temperature, top_k, top_p, min_p, max_new_tokens) -> None:
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected a non-negative integer, found {max_new_tokens!r}")
+    if not temperature >= 0.0:
+        raise ValueError(f"temperature: expected a value >= 0 (0 is greedy), found {temperature!r}")
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k: expected a non-negative integer (0 turns it off), found {top_k!r}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p: expected a value in (0, 1] (1 turns it off), found {top_p!r}")
+    if not 0.0 <= min_p <= 1.0:
+        raise ValueError(f"min_p: expected a value in [0, 1] (0 turns it off), found {min_p!r}")
+
+
+def _eos_ids(eos_token_id, device) -> torch.Tensor | None:
+    if eos_token_id is None:
+        return None
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if not ids or not all(isinstance(i, int) for i in ids):
+        raise ValueError(f"eos_token_id: expected an int or a list of ints, found {eos_token_id!r}")
+    return torch.tensor(ids, device=device)
+
+
+def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+        found = (f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, torch.Tensor)
+                 else type(input_ids).__name__)
+        raise ValueError(f"input_ids: expected a LongTensor of shape (B, T), found {found}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("input_ids: the prompt is empty (T = 0); give at least one token")
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"attention_mask: expected shape {tuple(input_ids.shape)} (like input_ids), "
+                f"found {tuple(attention_mask.shape)}"
+            )
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("attention_mask: padding must be on the left (every row's last token must be real)")
+
+
+# ----------------------------------------------------------------------------------- the loop
+@torch.no_grad()
+def stream(
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    eos_token_id: int | Sequence[int] | None = None,
+    seed: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    pad_token_id: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the new tokens one step at a time, each a ``(B,)`` LongTensor.
+
+    Rows that have finished (produced an end-of-sequence token) yield ``pad_token_id`` (by default the
+    first end-of-sequence id, as the reference does); the iterator stops when every row has finished or
+    after ``max_new_tokens`` steps.
+    """
+    _check_settings(temperature, top_k, top_p, min_p, max_new_tokens)
+    _check_prompt(input_ids, attention_mask)
+    device = input_ids.device
+    eos = _eos_ids(eos_token_id, device)
+    if pad_token_id is None and eos is not None:
+        pad_token_id = int(eos[0])
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+
+    B = input_ids.shape[0]
+    cache = model.new_cache(B)
+    # prefill: the whole prompt at once; only the last position's logits are needed
+    out = model(input_ids, attention_mask=attention_mask, cache=cache, logits_to_keep=1)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        token = next_token(out.logits[:, -1], temperature, top_k, top_p, min_p, generator)  # (B,)
+        if eos is not None:
+            token = token.masked_fill(finished, pad_token_id)
+            finished = finished | torch.isin(token, eos)
+        yield token
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            return
+        # decode: one token per row; the cache extends its padding mask with a 1 by itself
+        out = model(token[:, None], cache=cache, logits_to_keep=1)
+
+
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    eos_token_id: int | Sequence[int] | None = None,
+    seed: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    streamer: Callable[[torch.Tensor], object] | None = None,
+    pad_token_id: int | None = None,
+) -> torch.Tensor:
+    """Continue ``input_ids (B, T)`` by up to ``max_new_tokens`` tokens; returns ``(B, T + new)``.
+
+    ``temperature == 0`` is greedy decoding (``top_k``/``top_p``/``min_p`` are then ignored, as in
+    the reference with ``do_sample=False``). ``seed`` makes sampling reproducible through a private
+    ``torch.Generator`` (the global RNG is left alone). Prompts of different lengths go in one batch
+    left-padded, with ``attention_mask (B, T)`` marking real tokens with 1. ``streamer`` is called
+    with each step's ``(B,)`` new tokens as soon as they exist (an object with ``put``/``end``
+    methods, like ``transformers``' streamers, works too).
+    """
+    put, end = _streamer_methods(streamer)
+    new_tokens = []
+    for token in stream(
+        model, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        eos_token_id=eos_token_id, seed=seed, attention_mask=attention_mask, pad_token_id=pad_token_id,
+    ):
+        new_tokens.append(token)
+        if put is not None:
+            put(token)
+    if end is not None:
+        end()
+    if not new_tokens:
+        return input_ids.clone()
+    return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)  # (B, T + new)
+
+
+def _streamer_methods(streamer):
+    if streamer is None:
+        return None, None
+    if hasattr(streamer, "put"):
+        return streamer.put, getattr(streamer, "end", None)
+    if callable(streamer):
+        return streamer, None
+    raise TypeError(f"streamer: expected a callable or an object with put()/end(), found {type(streamer).__name__}")

@@ -1,0 +1,316 @@
+"""The Qwen3-Next decoder stack and its causal-language-model head.
+
+Assembles the blocks of the earlier chapters into the 48-layer hybrid model of Qwen3-Next-80B-A3B
+(Qwen team, "Qwen3-Next", 2025; the DeltaNet layers follow Yang et al., "Gated Delta Networks", 2024):
+
+    x = embed_tokens(input_ids)
+    for each layer i:   x = x + mixer_i(input_layernorm(x))          # Gated DeltaNet or gated attention
+                        x = x + mlp_i(post_attention_layernorm(x))     # sparse MoE (or a dense MLP)
+    logits = lm_head(norm(x))
+
+Layer ``i`` uses gated attention when ``config.layer_types[i] == "full_attention"`` and a Gated
+DeltaNet otherwise (3 DeltaNet layers to every attention layer in the release). Mirrors
+``Qwen3NextDecoderLayer``, ``Qwen3NextModel`` and ``Qwen3NextForCausalLM`` of ``transformers``:
+same parameter names (the Hub checkpoint keys), same random initialisation, same load-balancing loss.
+
+Padding: a left-padded batch passes ``attention_mask``; positions then count real tokens only
+(``cumsum(mask) - 1``, what ``transformers``' ``generate`` feeds the reference), so a padded row
+computes exactly what it computes alone. Leaves out: the MTP head of the checkpoint, gradient
+checkpointing, tensor/pipeline parallel plans, and heads other than the causal LM.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import GatedAttention
+from .cache import HybridCache
+from .config import Qwen3NextConfig
+from .deltanet import GatedDeltaNet
+from .moe import MLP, SparseMoeBlock, load_balancing_loss
+from .norms import RMSNorm, RMSNormGated
+from .rope import RotaryEmbedding
+
+
+@contextmanager
+def _skip_default_init():
+    """Build ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Embedding`` without their default random fill.
+
+    Their parameters are left uninitialised until ``Qwen3NextForCausalLM.init_weights`` fills every one
+    of them (the same trick as ``transformers``' ``no_init_weights``).
+    """
+    classes = (nn.Linear, nn.Conv1d, nn.Embedding)
+    saved = [cls.reset_parameters for cls in classes]
+    try:
+        for cls in classes:
+            cls.reset_parameters = lambda self: None
+        yield
+    finally:
+        for cls, fn in zip(classes, saved, strict=True):
+            cls.reset_parameters = fn
+
+
+@dataclass
+class CausalLMOutput:
+    """What a forward pass returns. Only ``logits`` is always set."""
+
+    logits: torch.Tensor  # (B, T, V), or (B, logits_to_keep, V)
+    cache: HybridCache | None = None
+    loss: torch.Tensor | None = None  # next-token cross-entropy (+ aux loss), when labels are given
+    aux_loss: torch.Tensor | None = None  # load-balancing loss, when router logits are asked for
+    router_logits: tuple[torch.Tensor, ...] | None = None  # one (B*T, E) per MoE layer
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings, then each layer's output
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm residual block: a token mixer (DeltaNet or attention), then a channel mixer (MoE)."""
+
+    def __init__(self, config: Qwen3NextConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.layer_type = config.layer_types[layer_idx]
+        if self.layer_type == "linear_attention":
+            self.linear_attn = GatedDeltaNet(config, layer_idx)
+        else:
+            self.self_attn = GatedAttention(config, layer_idx)
+        if config.is_moe_layer(layer_idx):
+            self.mlp = SparseMoeBlock(config)
+        else:  # a layer listed in mlp_only_layers: a plain SwiGLU MLP
+            self.mlp = MLP(config.hidden_size, config.intermediate_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, H)
+        cos: torch.Tensor | None,  # (B, T, rotary_dim), used by attention layers only
+        sin: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,  # (B, past + T) padding mask, or None
+        cache=None,  # this layer's KVCache / DeltaNetState, or None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.input_layernorm(x)
+        if self.layer_type == "linear_attention":
+            # a recurrent layer only needs to know which of the *new* tokens are padding
+            new_mask = None if attention_mask is None else attention_mask[:, -x.shape[1]:]
+            h = self.linear_attn(h, attention_mask=new_mask, cache=cache)
+        else:
+            h = self.self_attn(h, cos, sin, attention_mask=attention_mask, cache=cache)
+        x = x + h
+        h = self.mlp(self.post_attention_layernorm(x))
+        router_logits = None
+        if isinstance(h, tuple):  # the MoE block also returns its router logits (B*T, E)
+            h, router_logits = h
+        return x + h, router_logits
+
+
+class Qwen3NextModel(nn.Module):
+    """Embedding, the hybrid stack, final norm: token ids (B, T) -> hidden states (B, T, H)."""
+
+    def __init__(self, config: Qwen3NextConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)  # only a non-persistent inv_freq buffer
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: HybridCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        return_router_logits: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        B, T, _ = x.shape
+        past = 0 if cache is None else cache.seq_len
+        mask = self._padding_mask(attention_mask, cache, B, T, past, x.device)  # (B, past + T) or None
+        if position_ids is None:
+            position_ids = self._positions(mask, B, T, past, x.device)  # (B, T)
+        cos, sin = (None, None)
+        if any(t == "full_attention" for t in self.config.layer_types):
+            cos, sin = self.rotary_emb(position_ids)  # (B, T, rotary_dim) each
+
+        hidden_states, router_logits = [x], []
+        for i, layer in enumerate(self.layers):
+            x, logits_i = layer(x, cos, sin, attention_mask=mask, cache=None if cache is None else cache[i])
+            if return_router_logits and logits_i is not None:
+                router_logits.append(logits_i)
+            if output_hidden_states:
+                hidden_states.append(x)
+        return self.norm(x), hidden_states, router_logits
+
+    @staticmethod
+    def _padding_mask(attention_mask, cache, B, T, past, device):
+        """The 2-D padding mask over all tokens, or None when nothing is padding."""
+        if cache is not None:
+            if cache.batch_size != B:
+                raise ValueError(f"cache: built for batch size {cache.batch_size}, but input_ids has {B} rows")
+            return cache.extend_mask(attention_mask, T, device)
+        if attention_mask is None:
+            return None
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] != T:
+            raise ValueError(
+                f"attention_mask: expected shape ({B}, {T}) (1 = real token, 0 = padding), "
+                f"found {tuple(attention_mask.shape)}"
+            )
+        return None if bool(attention_mask.all()) else attention_mask.to(torch.long)
+
+    @staticmethod
+    def _positions(mask, B, T, past, device):
+        if mask is None:
+            return torch.arange(past, past + T, device=device).expand(B, T)  # (B, T)
+        # a row's first real token is position 0, whatever padding precedes it (like generate())
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # (B, past + T)
+        return pos[:, -T:]
+
+
+class Qwen3NextForCausalLM(nn.Module):
+    """Qwen3-Next with its language-model head: token ids (B, T) -> next-token logits (B, T, V)."""
+
+    def __init__(self, config: Qwen3NextConfig):
+        super().__init__()
+        if config.tie_word_embeddings:
+            raise ValueError("tie_word_embeddings: Qwen3-Next has an untied lm_head; found true")
+        self.config = config
+        # torch's default initialisation would be thrown away by ours: skip it (the full model has
+        # 73,728 expert projections, and filling each twice is most of the construction time)
+        with _skip_default_init():
+            self.model = Qwen3NextModel(config)
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.init_weights()
+
+    # -------------------------------------------------------------------------------- weights
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Fill every parameter as the reference does; nothing to fill on the meta device."""
+        if self.lm_head.weight.is_meta:
+            return
+        self.apply(self._init_weights)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The reference's random initialisation (``Qwen3NextPreTrainedModel._init_weights``)."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+        elif isinstance(module, RMSNorm):
+            module.weight.zero_()  # gain 1 + w starts at 1
+        elif isinstance(module, RMSNormGated):
+            module.weight.fill_(1.0)  # plain gain starts at 1
+        elif isinstance(module, GatedDeltaNet):
+            module.dt_bias.fill_(1.0)
+            # decay rates A spread over [0.01, 16]; the lower bound keeps log(A) finite
+            module.A_log.copy_(torch.empty_like(module.A_log).uniform_(0.01, 16).log_())
+
+    @classmethod
+    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device="cpu", offload_experts: bool = False):
+        """Load a Hub-format checkpoint directory (see ``qwen3next.weights.load_pretrained``)."""
+        from .weights import load_pretrained
+
+        return load_pretrained(path, dtype=dtype, device=device, offload_experts=offload_experts)
+
+    def new_cache(self, batch_size: int = 1) -> HybridCache:
+        """An empty hybrid cache for ``batch_size`` rows, on this model's device."""
+        p = self.lm_head.weight
+        return HybridCache.for_config(self.config, batch_size, device=p.device, dtype=p.dtype)
+
+    # -------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: HybridCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_router_logits: bool | None = None,
+        output_hidden_states: bool = False,
+        logits_to_keep: int = 0,
+    ) -> CausalLMOutput:
+        """Logits for ``input_ids (B, T)``.
+
+        ``cache``: continue from it and update it in place (``out.cache`` is the same object).
+        ``attention_mask``: ``(B, T)`` or ``(B, past + T)``, 1 for real tokens, 0 for left padding.
+        ``position_ids (B, T)``: override the positions used by RoPE.
+        ``output_router_logits``: also return each MoE layer's router logits and the load-balancing loss.
+        ``logits_to_keep``: if > 0, only the last that many positions go through ``lm_head``.
+        """
+        input_ids, inputs_embeds = self._check_inputs(input_ids, inputs_embeds, position_ids)
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        hidden, hidden_states, router_logits = self.model(
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states,
+            return_router_logits=output_router_logits,
+        )
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)  # (B, T, V)
+
+        out = CausalLMOutput(logits=logits, cache=cache)
+        if output_hidden_states:
+            out.hidden_states = tuple(hidden_states)
+        if output_router_logits:
+            out.router_logits = tuple(router_logits)
+            T = hidden_states[0].shape[1]
+            token_mask = None if attention_mask is None else attention_mask[:, -T:]
+            out.aux_loss = load_balancing_loss(
+                out.router_logits, self.config.num_experts, self.config.num_experts_per_tok, token_mask
+            )
+        if labels is not None:
+            # predict token t+1 from position t; -100 marks positions that do not count
+            out.loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
+            )
+            if output_router_logits and out.aux_loss is not None:
+                out.loss = out.loss + self.config.router_aux_loss_coef * out.aux_loss
+        return out
+
+    def _check_inputs(self, input_ids, inputs_embeds, position_ids):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids (B, T) and inputs_embeds (B, T, H)")
+        if input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids: expected shape (B, T), found {tuple(input_ids.shape)}")
+            if input_ids.dtype not in (torch.long, torch.int32, torch.int64):
+                raise ValueError(f"input_ids: expected integer token ids, found dtype {input_ids.dtype}")
+            if input_ids.device.type != "meta" and input_ids.numel():
+                lo, hi = int(input_ids.min()), int(input_ids.max())
+                if lo < 0 or hi >= self.config.vocab_size:
+                    raise ValueError(
+                        f"input_ids: token ids must be in 0..{self.config.vocab_size - 1} (vocab_size), "
+                        f"found {lo}..{hi}"
+                    )
+        else:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(
+                    f"inputs_embeds: expected shape (B, T, {self.config.hidden_size}), "
+                    f"found {tuple(inputs_embeds.shape)}"
+                )
+        shape = tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
+        if position_ids is not None and tuple(position_ids.shape) not in (shape, (1, shape[1])):
+            raise ValueError(
+                f"position_ids: expected shape {shape} or (1, {shape[1]}), found {tuple(position_ids.shape)}"
+            )
+        return input_ids, inputs_embeds
+
+    # --------------------------------------------------------------------------------- counts
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.model.embed_tokens.weight.numel() + self.lm_head.weight.numel()
+        return n
+
