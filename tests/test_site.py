@@ -42,7 +42,8 @@ def built_site() -> Path:
 
 
 def test_every_page_in_chromium(built_site):
-    problems = check_site.check_site(built_site, REPO, screenshots=REPO / "artifacts" / "screenshots")
+    problems = check_site.check_site(built_site, REPO, screenshots=REPO / "artifacts" / "screenshots",
+                                     search="glossary", search_expect="book/glossary.html")
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems)
     shots = sorted((REPO / "artifacts" / "screenshots").glob("*.png"))
     assert any(p.name == "book_intro.png" for p in shots), [p.name for p in shots]

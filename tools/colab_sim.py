@@ -84,7 +84,10 @@ def clean_env(**extra) -> dict:
     """This process's environment without anything that points Python at this checkout."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONSTARTUP") and not k.startswith("JUPYTER")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg", PYTHONHASHSEED="0", **extra)
+    # PIP_NO_COMPILE: no byte-compiling of every installed file (torch, transformers), which would be
+    # most of the install time; Python compiles what it imports anyway
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg", PYTHONHASHSEED="0",
+               PIP_NO_COMPILE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", **extra)
     return env
 
 
