@@ -118,3 +118,16 @@ def test_teachers_page_has_a_time_for_every_chapter():
             name = doc.split("/")[1]
             row = re.search(rf"^\|[^\n]*{re.escape(name)}[^\n]*\|\s*(\d+)[^\n|]*min", text, re.M)
             assert row, f"book/teachers.md: no row with the expected time for {name}"
+
+
+def test_framework_checks_answer_the_placeholder(capsys):
+    import torch
+
+    from qwen3next.exercises import UNANSWERED, check_close, check_equal, check_tensor_close
+
+    assert not check_equal(..., 3, "count the heads.")
+    assert not check_close(..., 0.5, "divide.")
+    assert not check_tensor_close(..., torch.zeros(2), "use softmax.")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(ln.startswith("Not yet. Hint: " + UNANSWERED) for ln in lines), lines
+    assert check_equal(3, 3, "count the heads.") and capsys.readouterr().out.strip() == "Correct!"

@@ -3,6 +3,9 @@
 One module per chapter (``ch01_overview``, ``ch02_tokenizer``, ...), each defining ``check_<name>``
 functions built on :func:`report`. Every check returns ``True`` or ``False`` and prints one line, so a
 student sees at once whether an answer is right, and a solution cell can ``assert`` it.
+
+A student notebook (``make student``) starts each answer as ``answer = ...``: the checks below answer
+that placeholder with a reminder and the hint, never with an exception.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 from typing import Any
 
 PASS = "Correct!"
+UNANSWERED = "replace `...` with your answer and run the cell again."
 
 
 def report(ok: bool, hint: str) -> bool:
@@ -21,11 +25,15 @@ def report(ok: bool, hint: str) -> bool:
 
 def check_equal(answer: Any, expected: Any, hint: str) -> bool:
     """Exact equality (ints, strings, lists, tuples)."""
+    if answer is Ellipsis:
+        return report(False, f"{UNANSWERED} {hint}")
     return report(answer == expected, hint)
 
 
 def check_close(answer: float, expected: float, hint: str, rel: float = 1e-3, abs_: float = 0.0) -> bool:
     """A number within a relative (and optional absolute) tolerance."""
+    if answer is Ellipsis:
+        return report(False, f"{UNANSWERED} {hint}")
     try:
         ok = math.isclose(float(answer), float(expected), rel_tol=rel, abs_tol=abs_)
     except (TypeError, ValueError):
@@ -37,6 +45,8 @@ def check_tensor_close(answer, expected, hint: str, atol: float = 1e-5) -> bool:
     """A tensor of the expected shape, equal within ``atol``."""
     import torch
 
+    if answer is Ellipsis:
+        return report(False, f"{UNANSWERED} {hint}")
     if not isinstance(answer, torch.Tensor):
         return report(False, f"expected a torch.Tensor, got {type(answer).__name__}. {hint}")
     if tuple(answer.shape) != tuple(expected.shape):
