@@ -84,9 +84,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    import transformers
 
     from qwen3next.config import Qwen3NextConfig
-    from qwen3next.reference import save_reference_checkpoint
+    from qwen3next.reference import reference_config
     from qwen3next.weights import describe, human_bytes
 
     cfg = Qwen3NextConfig.full().replace(num_hidden_layers=args.layers, num_experts=args.experts, vocab_size=8192,
@@ -98,7 +99,10 @@ def main() -> None:
         path = tmp.name
     if not os.path.exists(os.path.join(path, "config.json")):
         t = time.perf_counter()
-        save_reference_checkpoint(cfg, path, dtype=torch.bfloat16, max_shard_size="200MB")
+        torch.manual_seed(0)  # parameters created directly in bf16: half the memory of a float32 model
+        ref = transformers.Qwen3NextForCausalLM._from_config(reference_config(cfg), dtype=torch.bfloat16)
+        ref.save_pretrained(path, max_shard_size="200MB")
+        del ref
         print(f"wrote {path} in {time.perf_counter() - t:.1f} s")
     s = describe(path)
     print(f"checkpoint: {args.layers} layers, {args.experts} experts of width 512 at hidden 2048; "
