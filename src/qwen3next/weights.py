@@ -1035,3 +1035,79 @@ def format_summary(s: Summary) -> str:
                      f"{human_bytes(m['offload experts'])} (non-expert {human_bytes(m['non-expert weights'])} + "
                      f"cache {human_bytes(m['expert cache'])})")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- measurement
+def memory_status() -> dict[str, int] | None:
+    """This process's resident size and its high-water mark, in bytes (Linux ``/proc``; else None)."""
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return None
+    return {"rss": int(fields["VmRSS"].split()[0]) * 1024, "peak": int(fields["VmHWM"].split()[0]) * 1024}
+
+
+def reset_peak_memory() -> bool:
+    """Reset the high-water mark to the current resident size (``/proc/self/clear_refs``); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _measure(path: str, offload: bool, cache: int | None, new_tokens: int, prompt_len: int) -> dict:
+    """Load, then decode greedily; memory counted from just before loading (run in a fresh process)."""
+    import time
+
+    from .config import Qwen3NextConfig
+    from .generate import generate
+    from .model import Qwen3NextForCausalLM
+
+    torch.manual_seed(0)
+    with torch.no_grad():  # pay the lazy imports (a meta build pulls in sympy) before measuring
+        Qwen3NextForCausalLM(Qwen3NextConfig.tiny())(torch.arange(4)[None])
+        _meta_model(Qwen3NextConfig.tiny())
+    reset_peak_memory()
+    base = memory_status()["rss"]
+    t0 = time.perf_counter()
+    model = load_pretrained(path, offload_experts=offload, expert_cache_size=cache)
+    load_s = time.perf_counter() - t0
+    after_load = memory_status()["rss"] - base
+    ids = torch.arange(prompt_len)[None] % model.config.vocab_size
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        out = generate(model, ids, new_tokens)
+    gen_s = time.perf_counter() - t1
+    result = {"load_s": load_s, "resident": after_load, "peak": memory_status()["peak"] - base,
+              "tokens_per_s": new_tokens / gen_s, "tokens": out[0, prompt_len:].tolist()}
+    store = getattr(model, "expert_store", None)
+    if store is not None:
+        result.update(store.stats())
+    return result
+
+
+def measure_in_subprocess(path: str | Path, offload_experts: bool = False, expert_cache_size: int | None = None,
+                          new_tokens: int = 8, prompt_len: int = 16, threads: int = 1) -> dict:
+    """Load a checkpoint in a fresh Python process and report its memory and speed (Linux).
+
+    Returns ``load_s``, ``resident`` (bytes added by loading), ``peak`` (high-water mark, loading
+    and decoding included), ``tokens_per_s`` and the greedy ``tokens``; with offloading also the cache
+    statistics. A fresh process, because memory once used by this one would blur the numbers.
+    """
+    import subprocess
+    import sys
+
+    code = ("import json, sys, torch; from qwen3next.weights import _measure; "
+            f"torch.set_num_threads({int(threads)}); "
+            "print(json.dumps(_measure(sys.argv[1], sys.argv[2] == '1', "
+            "None if sys.argv[3] == 'None' else int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))))")
+    env = {**os.environ, "OMP_NUM_THREADS": str(int(threads))}
+    res = subprocess.run([sys.executable, "-c", code, str(path), "1" if offload_experts else "0",
+                          str(expert_cache_size), str(new_tokens), str(prompt_len)],
+                         capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"measurement of {path} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
