@@ -19,8 +19,10 @@ from qwen3next.tokenizer import (
     _bpe,
     bpe_merge_steps,
     bytes_to_unicode,
+    nfc,
     qwen3_files_dir,
     to_byte_symbols,
+    token_bytes,
     train_bpe,
     unicode_to_bytes,
 )
@@ -60,6 +62,16 @@ def test_sizes_and_special_tokens(tok, ref):
     for i in (0, 1, 220, 9707, 151642, 151644, 151668):
         assert tok.id_to_token(i) == ref.id_to_token(i)
     assert tok.token_to_id("not-a-token-at-all") is None
+
+
+def test_ranks_follow_merges_txt(tok):
+    lines = (qwen3_files_dir() / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
+    for r in (0, 1, 2, 1000, 151386):
+        assert tok.ranks[tuple(lines[r].split(" "))] == r
+    assert list(tok.ranks.values())[:5] == [0, 1, 2, 3, 4]
+    # a pair listed twice keeps its first rank
+    toy = Tokenizer({"a": 0, "b": 1, "ab": 2, "ba": 3}, [("a", "b"), ("b", "a"), ("a", "b")])
+    assert toy.ranks == {("a", "b"): 0, ("b", "a"): 1}
 
 
 def test_byte_table():
@@ -145,6 +157,29 @@ texts = st.lists(
 ).map("".join)
 
 
+@pytest.mark.slow
+def test_every_code_point_is_classified_like_the_reference(tok):
+    """Letters, digits, spaces and NFC for every code point of planes 0-3 and 14 (where all assigned
+    characters live), next to a letter and next to a digit: same normalisation, same pre-tokens.
+    This is what pins the Unicode version (see LETTERS_AFTER_UNICODE_16 and nfc in the module)."""
+    cps = [chr(c) for c in [*range(0x40000), *range(0xE0000, 0xE1000)] if not 0xD800 <= c <= 0xDFFF]
+    text = "".join(c + "a" for c in cps) + "".join(c + "1" for c in cps)
+    normalized = tokenizers.normalizers.NFC().normalize_str(text)
+    assert nfc(text) == normalized
+    split = tokenizers.pre_tokenizers.Split(tokenizers.Regex(QWEN_PATTERN), behavior="isolated")
+    assert tok.pretokenize(normalized) == [p for p, _ in split.pre_tokenize_str(normalized)]
+    # contractions are matched case-insensitively: try every character that case-folds near s,t,r,e,v,m,l,d
+    folds = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF
+             and set(chr(c).lower() + chr(c).upper() + chr(c).casefold()) & set("strevmldSTREVMLD")]
+    text = "".join(f"'{c} '{c}{c} '{c}l " for c in folds)
+    assert tok.pretokenize(text) == [p for p, _ in split.pre_tokenize_str(text)]
+
+
+def test_unicode_quirks_of_the_reference(tok, ref):
+    for text in ["\U000323b0's", "\U00011935\U00011930", "\U00011938", "a\U00011DE0b", "\u0558x"]:
+        assert tok.encode(text) == ref.encode(text).ids
+
+
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(texts)
 def test_hypothesis_equal_to_tokenizers_and_roundtrip(tok, ref, text):
@@ -205,6 +240,27 @@ def test_vocab_and_merges_directory_matches(tmp_path, tok, ref):
     assert len(tok2) == len(tok) and tok2.chat_template == tok.chat_template
     for text in CORPUS:
         assert tok2.encode(text) == ref.encode(text).ids
+
+
+def test_loading_twice_gives_independent_tokenizers_and_rereads_edited_files(tmp_path):
+    src = qwen3_files_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / name, tmp_path / name)
+    a, b = Tokenizer.from_pretrained(tmp_path), Tokenizer.from_pretrained(tmp_path)
+    assert a is not b and a.vocab is not b.vocab and a.encode("hello world") == b.encode("hello world")
+    a.chat_template = "changed"
+    assert b.chat_template != "changed"
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ messages[0].content }}!"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    assert Tokenizer.from_pretrained(tmp_path).apply_chat_template([{"role": "user", "content": "hi"}]) == "hi!"
+
+
+def test_token_bytes_falls_back_to_utf8_like_the_reference():
+    # all characters in the byte table: one byte each; any character outside it: the token's UTF-8 text
+    assert token_bytes("ĠðŁ") == b" \xf0\x9f"
+    assert token_bytes("é x") == "é x".encode()
+    assert token_bytes("<|im_end|>") == b"<|im_end|>"
 
 
 def test_chat_template_jinja_file_wins(tmp_path):

@@ -61,6 +61,65 @@ QWEN_PATTERN_PARTS = [
 # The files a tokenizer directory may hold (what from_pretrained downloads from the Hub).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja")
 
+# Unicode versions. The Rust reference matches its regex with Oniguruma, whose tables (tokenizers 0.23)
+# stop at Unicode 16.0; the `regex` package here knows newer versions. Letters and digits assigned after
+# Unicode 16.0 are therefore *not* \p{L} / \p{N} for the reference, and we take them out of those classes
+# so that every code point is split the same way. The ranges were measured by running both engines over
+# all code points (an older `regex` that lacks some of them simply makes the subtraction a no-op).
+LETTERS_AFTER_UNICODE_16 = (
+    "558 58B-58C 88F C5C CDC 208F 209D-209F A7CE-A7CF A7D2 A7D4 A7DD A7E2 A7F1 AB6C-AB6D 107BB-107BF "
+    "10940-10959 10EC5-10EC7 10ED9-10EEE 11B0A 11DB0-11DDB 11DF1 16EA0-16EB8 16EBB-16ED3 16FF2-16FF3 "
+    "187F8-187FF 18CD6-18CDA 18D09-18D20 18D80-18DF2 18E00-19191 191A0-191D2 1B123-1B128 1B168 1D6A6 "
+    "1DF1F-1DF24 1DF2B-1DF81 1DF90-1DF96 1DFCD-1DFFF 1E6C0-1E6DE 1E6E0-1E6E2 1E6E4-1E6E5 1E6E7-1E6ED "
+    "1E6F0-1E6F4 1E6FE-1E6FF 2B73A-2B73F 2B81E 2CEA2-2CEAD 323B0-33479 3D000-3FC3F"
+)
+DIGITS_AFTER_UNICODE_16 = "11DE0-11DE9 1246F 12475-1247F 12550-12686 16FF4-16FF6"
+
+
+def _class_of_ranges(ranges: str) -> str:
+    def one(r: str) -> str:
+        a, _, b = r.partition("-")
+        return f"\\U{int(a, 16):08X}" + (f"-\\U{int(b, 16):08X}" if b else "")
+
+    return "[" + "".join(one(r) for r in ranges.split()) + "]"
+
+
+def reference_regex(pattern: str):
+    r"""Compile a split pattern so that it classifies every code point like the reference engine.
+
+    ``\p{L}`` and ``\p{N}`` lose the letters and digits added after Unicode 16.0 (set difference needs the
+    regex module's VERSION1 syntax; full case folding, a VERSION1 default, is switched off again so that
+    ``(?i:'s)`` folds exactly as before).
+    """
+    letters = "[\\p{L}--" + _class_of_ranges(LETTERS_AFTER_UNICODE_16) + "]"
+    digits = "[\\p{N}--" + _class_of_ranges(DIGITS_AFTER_UNICODE_16) + "]"
+    return regex.compile("(?V1-f)" + pattern.replace("\\p{L}", letters).replace("\\p{N}", digits))
+
+
+def _chars_of_ranges(ranges: str) -> frozenset[str]:
+    out = set()
+    for r in ranges.split():
+        a, _, b = r.partition("-")
+        out.update(chr(c) for c in range(int(a, 16), int(b or a, 16) + 1))
+    return frozenset(out)
+
+
+# a set, not a regex: ``isdisjoint(text)`` scans a megabyte in milliseconds
+_NEWER_THAN_UNICODE_16 = _chars_of_ranges(LETTERS_AFTER_UNICODE_16 + " " + DIGITS_AFTER_UNICODE_16)
+
+# U+11938 (DIVES AKURU VOWEL SIGN O) is canonically U+11935 U+11930, but the reference's Unicode tables
+# have no such decomposition, so its NFC leaves the pair apart. We do the same by normalising the text on
+# both sides of every U+11930 separately (U+11930 is a starter, so nothing else changes).
+_NFC_KEEP_APART = "\U00011930"
+
+
+def nfc(text: str) -> str:
+    """NFC normalisation exactly as the reference applies it (see ``_NFC_KEEP_APART``)."""
+    if _NFC_KEEP_APART not in text:
+        return unicodedata.normalize("NFC", text)
+    return _NFC_KEEP_APART.join(unicodedata.normalize("NFC", part) for part in text.split(_NFC_KEEP_APART))
+
+
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -105,11 +164,14 @@ def token_bytes(token: str) -> bytes:
     Like the reference ByteLevel decoder: if every character is in the byte table, each gives one byte;
     otherwise (an added token such as a non-ASCII marker) the token stands for its own UTF-8 text.
     """
-    table = unicode_to_bytes()
-    try:
-        return bytes(table[c] for c in token)
-    except KeyError:
+    if _NOT_A_BYTE_CHAR.search(token):
         return token.encode("utf-8")
+    return token.translate(_TO_LATIN1).encode("latin-1")  # each table character -> the byte it stands for
+
+
+# the fast path of token_bytes: one C-level translate instead of a dict lookup per character
+_NOT_A_BYTE_CHAR = regex.compile("[^" + regex.escape("".join(bytes_to_unicode().values())) + "]")
+_TO_LATIN1 = str.maketrans({c: chr(b) for b, c in bytes_to_unicode().items()})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,15 +324,24 @@ class Tokenizer:
     ):
         self.vocab = dict(vocab)  # byte-level token string -> id (the BPE model's vocabulary)
         # rank of a merge = its line in merges.txt: lower ranks were learned earlier and merge first
-        self.ranks: dict[tuple[str, str], int] = {}
-        for rank, (a, b) in enumerate(merges):
-            self.ranks.setdefault((a, b), rank)
-            if a + b not in self.vocab:
-                raise ValueError(f"merge {rank} ({a!r}, {b!r}) makes {a + b!r}, which is not in the vocabulary")
+        merges = [tuple(m) for m in merges]
+        # in rank order; a pair listed twice keeps its first (lowest) rank
+        self.ranks: dict[tuple[str, str], int] = dict(zip(merges, range(len(merges)), strict=True))
+        if len(self.ranks) != len(merges):
+            self.ranks = {}
+            for r, m in enumerate(merges):
+                self.ranks.setdefault(m, r)
+        bad = next((r for r, (a, b) in enumerate(merges) if a + b not in self.vocab), None)
+        if bad is not None:
+            a, b = merges[bad]
+            raise ValueError(f"merge {bad} ({a!r}, {b!r}) makes {a + b!r}, which is not in the vocabulary")
         self.added_tokens = sorted(added_tokens, key=lambda t: t.id)
         self.normalize = normalize
         self.pattern = pattern
+        # two compiled forms of the same pattern: the plain one is ~2x faster; the reference-exact one is
+        # only needed when the text holds a letter or digit newer than Unicode 16.0 (rare), see above
         self._pretokenizer = regex.compile(pattern)
+        self._pretokenizer_exact = reference_regex(pattern)
         self.chat_template = chat_template
         self.special_tokens_map = dict(special_tokens_map or {})
 
@@ -281,9 +352,7 @@ class Tokenizer:
         self.special_ids = frozenset(t.id for t in self.added_tokens if t.special)
         # an id table for decoding: every id -> the bytes it stands for
         self._max_id = max(self._id_to_token, default=-1)
-        self._id_bytes: list[bytes | None] = [None] * (self._max_id + 1)
-        for i, t in self._id_to_token.items():
-            self._id_bytes[i] = token_bytes(t)
+        self._id_bytes_table: list[bytes | None] | None = None  # built on the first decode
         # added tokens are cut out of the text with one regex; longest first so that a token that is a
         # prefix of another (e.g. "<tool" vs "<tool_call>") never wins (leftmost-longest matching)
         self._raw_split = self._added_regex([t for t in self.added_tokens if not t.normalized])
@@ -308,11 +377,19 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None) -> Tokenizer:
         """Load from a directory (``tokenizer.json``, or ``vocab.json`` + ``merges.txt``, plus
-        ``tokenizer_config.json``), or download those files of a Hub repo with ``huggingface_hub``."""
+        ``tokenizer_config.json``), or download those files of a Hub repo with ``huggingface_hub``.
+
+        ``tokenizer.json`` says how to normalise and pre-tokenize; with only ``vocab.json`` + ``merges.txt``
+        the Qwen2/Qwen3 choices are assumed (NFC, ``QWEN_PATTERN``), as ``Qwen2Tokenizer`` does. The parsed
+        files are cached per directory (and file modification times), so loading twice is cheap; every
+        call still returns a new, independent ``Tokenizer``.
+        """
         path = Path(path_or_repo_id)
         if not path.is_dir():
             path = cls._download(str(path_or_repo_id), revision)
-        return cls._from_dir(path)
+        stamp = tuple((name, (path / name).stat().st_mtime_ns) for name in TOKENIZER_FILES if (path / name).is_file())
+        args, kwargs = _parse_dir(path.resolve(), stamp)
+        return cls(*args, **kwargs)
 
     @staticmethod
     def _download(repo_id: str, revision: str | None) -> Path:
@@ -331,7 +408,8 @@ class Tokenizer:
             ) from e
 
     @classmethod
-    def _from_dir(cls, path: Path) -> Tokenizer:
+    def _parse_dir(cls, path: Path) -> tuple[tuple, dict]:
+        """Read a tokenizer directory into the constructor's arguments."""
         cfg_path = path / "tokenizer_config.json"
         config = _read_json(cfg_path) if cfg_path.is_file() else {}
         if not isinstance(config, dict):
@@ -356,8 +434,8 @@ class Tokenizer:
             template = (path / "chat_template.jinja").read_text(encoding="utf-8")
         special = {k: _token_content(config.get(k)) for k in _SPECIAL_TOKEN_KEYS}
         special = {k: v for k, v in special.items() if v is not None}
-        return cls(vocab, merges, added, chat_template=template, special_tokens_map=special,
-                   normalize=normalize, pattern=pattern)
+        return (vocab, merges, added), dict(chat_template=template, special_tokens_map=special,
+                                            normalize=normalize, pattern=pattern)
 
     @staticmethod
     def _read_tokenizer_json(file: Path):
@@ -404,7 +482,6 @@ class Tokenizer:
             if t.get("lstrip") or t.get("rstrip") or t.get("single_word"):
                 raise bad("added tokens with lstrip/rstrip/single_word are not supported", t)
             added.append(AddedToken(t["content"], int(t["id"]), bool(t.get("special")), bool(t.get("normalized"))))
-        # added tokens that are also ordinary vocabulary entries keep their id: drop them from the BPE side
         return vocab, merges, added, normalize, pattern
 
     @staticmethod
@@ -470,6 +547,15 @@ class Tokenizer:
     def bos_token_id(self) -> int | None:
         return self.token_to_id(self.special_tokens_map.get("bos_token", ""))
 
+    def _id_bytes(self) -> list[bytes | None]:
+        """Every id -> the bytes it stands for (None for holes in the id range)."""
+        if self._id_bytes_table is None:
+            table: list[bytes | None] = [None] * (self._max_id + 1)
+            for i, t in self._id_to_token.items():
+                table[i] = token_bytes(t)
+            self._id_bytes_table = table
+        return self._id_bytes_table
+
     @staticmethod
     def _as_id(i: Any) -> int:
         # accept numpy / torch integer scalars, refuse bools, floats and strings
@@ -493,7 +579,7 @@ class Tokenizer:
                 pieces.append((piece, True))
                 continue
             if self.normalize:
-                piece = unicodedata.normalize("NFC", piece)
+                piece = nfc(piece)
             pieces.extend(self._split(piece, self._norm_split))
         return pieces
 
@@ -506,7 +592,10 @@ class Tokenizer:
 
     def pretokenize(self, text: str) -> list[str]:
         """Split (already normalised, added-token-free) text into pre-tokens with the split regex."""
-        return self._pretokenizer.findall(text)
+        return self._splitter(text).findall(text)
+
+    def _splitter(self, text: str):
+        return self._pretokenizer if _NEWER_THAN_UNICODE_16.isdisjoint(text) else self._pretokenizer_exact
 
     def bpe(self, word: str) -> list[str]:
         """BPE of one pre-token: its byte-level symbols after all merges (e.g. 'Ġhello' -> ['Ġhello'])."""
@@ -538,7 +627,7 @@ class Tokenizer:
             if is_added:
                 ids.append(self.added_tokens_encoder[piece])
                 continue
-            for word in self._pretokenizer.findall(piece):
+            for word in self._splitter(piece).findall(piece):
                 hit = cache.get(word)
                 ids.extend(hit if hit is not None else self._encode_word(word))
         return ids
@@ -558,7 +647,8 @@ class Tokenizer:
             ids = ids.tolist()
         if isinstance(ids, int):
             ids = [ids]
-        id_bytes, n = self._id_bytes, len(self._id_bytes)
+        id_bytes = self._id_bytes()
+        n = len(id_bytes)
         chunks = []
         for i in ids:
             if type(i) is not int:
@@ -600,6 +690,12 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab={len(self.vocab)}, merges={len(self.ranks)}, added={len(self.added_tokens)}, "
                 f"normalize={'NFC' if self.normalize else None})")
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_dir(path: Path, stamp: tuple) -> tuple[tuple, dict]:
+    # ``stamp`` (file names and modification times) is part of the cache key: edited files are re-read
+    return Tokenizer._parse_dir(path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -706,12 +802,12 @@ def train_bpe(texts: list[str] | str, num_merges: int, pattern: str = QWEN_PATTE
         texts = [texts]
     if not isinstance(num_merges, int) or num_merges < 0:
         raise ValueError(f"num_merges must be a non-negative int, got {num_merges!r}")
-    splitter = regex.compile(pattern)
+    splitter = reference_regex(pattern)
     word_counts: Counter[str] = Counter()
     for text in texts:
         if not isinstance(text, str):
             raise TypeError(f"train_bpe expects strings, got {type(text).__name__}")
-        word_counts.update(splitter.findall(unicodedata.normalize("NFC", text)))
+        word_counts.update(splitter.findall(nfc(text)))
 
     words: list[list[str]] = [list(to_byte_symbols(w)) for w in word_counts]
     freqs: list[int] = list(word_counts.values())
