@@ -22,3 +22,85 @@ def reference_config(cfg: Qwen3NextConfig, attn_implementation: str = "eager"):
 def max_abs_diff(a, b) -> float:
     """Largest elementwise difference of two tensors, compared in float32."""
     return (a.float() - b.float()).abs().max().item()
+
+
+# ---------------------------------------------------------------------------------------- moe (issue 6)
+def tie_moe_weights(ours, ref, source: str = "ours") -> None:
+    """Make our ``moe.SparseMoeBlock`` and a reference ``Qwen3NextSparseMoeBlock`` share one copy of weights.
+
+    The reference fuses its experts: ``experts.gate_up_proj`` (E, 2I, H) holds expert e's gate rows
+    then its up rows (it splits them with ``.chunk(2)``), ``experts.down_proj`` is (E, H, I). Ours keeps
+    one ``MLP`` per expert (the Hub keys). After this call our expert weights are views into the
+    reference's fused tensors, and the router and shared-expert parameters are the same objects, so a
+    real-width pair costs one block of memory. ``source="ours"`` copies our values into the reference
+    (expert by expert, so the peak is one block plus one expert; the reference may be on ``meta``);
+    ``source="reference"`` keeps the reference's values (ours may be on ``meta``).
+    """
+    import torch
+    from torch import nn
+
+    if source not in ("ours", "reference"):
+        raise ValueError(f"source: expected 'ours' or 'reference', found {source!r}")
+    E, (I, H) = len(ours.experts), ours.experts[0].gate_proj.weight.shape
+    found = tuple(ref.experts.gate_up_proj.shape)
+    if found != (E, 2 * I, H):
+        raise ValueError(f"ref.experts.gate_up_proj: expected shape {(E, 2 * I, H)}, found {found}")
+    src, dst = (ours, ref) if source == "ours" else (ref, ours)
+    shared = ("gate", "shared_expert.gate_proj", "shared_expert.up_proj", "shared_expert.down_proj",
+              "shared_expert_gate")
+    for name in shared:
+        src_mod, dst_mod = src.get_submodule(name), dst.get_submodule(name)
+        dst_mod.weight = src_mod.weight  # the very same Parameter in both blocks
+    if source == "ours":
+        w = ours.gate.weight
+        ref.experts.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, H, dtype=w.dtype, device=w.device))
+        ref.experts.down_proj = nn.Parameter(torch.empty(E, H, I, dtype=w.dtype, device=w.device))
+    gate_up, down = ref.experts.gate_up_proj.data, ref.experts.down_proj.data
+    with torch.no_grad():
+        for e in range(E):
+            expert = ours.experts[e]
+            if source == "ours":
+                gate_up[e, :I].copy_(expert.gate_proj.weight)
+                gate_up[e, I:].copy_(expert.up_proj.weight)
+                down[e].copy_(expert.down_proj.weight)
+            # rebinding frees our old copy of expert e before the next one is copied
+            expert.gate_proj.weight = nn.Parameter(gate_up[e, :I])
+            expert.up_proj.weight = nn.Parameter(gate_up[e, I:])
+            expert.down_proj.weight = nn.Parameter(down[e])
+
+
+def moe_state_dict_to_reference(state_dict: dict) -> dict:
+    """Our (Hub-format) state dict with every MoE layer's experts fused the way transformers 5 keeps them.
+
+    ``{p}experts.{e}.gate_proj.weight`` and ``{p}experts.{e}.up_proj.weight`` (I, H) become
+    ``{p}experts.gate_up_proj`` (E, 2I, H), gate rows first; ``{p}experts.{e}.down_proj.weight`` (H, I)
+    becomes ``{p}experts.down_proj`` (E, H, I). Every other key passes through. The result loads into a
+    reference module with ``load_state_dict`` (it copies; use ``tie_moe_weights`` to share memory).
+    """
+    import re
+
+    import torch
+
+    pattern = re.compile(r"^(.*experts\.)(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+    out, experts = {}, {}  # experts[prefix][e][proj] = tensor
+    for key, value in state_dict.items():
+        m = pattern.match(key)
+        if m is None:
+            out[key] = value
+        else:
+            experts.setdefault(m[1], {}).setdefault(int(m[2]), {})[m[3]] = value
+    for prefix, per_expert in experts.items():
+        ids = sorted(per_expert)
+        if ids != list(range(len(ids))):
+            raise ValueError(f"{prefix}: expected experts 0..{len(ids) - 1}, found ids {ids[:5]}...")
+        for e in ids:
+            missing = {"gate_proj", "up_proj", "down_proj"} - set(per_expert[e])
+            if missing:
+                raise ValueError(f"{prefix}{e}: missing {sorted(missing)} weights")
+        out[prefix + "gate_up_proj"] = torch.stack(
+            [torch.cat([per_expert[e]["gate_proj"], per_expert[e]["up_proj"]]) for e in ids]
+        )
+        out[prefix + "down_proj"] = torch.stack([per_expert[e]["down_proj"] for e in ids])
+    return out
+
+
