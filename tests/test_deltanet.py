@@ -342,3 +342,43 @@ def test_layer_matches_reference_at_real_width():
         y_c, y_rc = _cached_run(ours, x, steps, cache), _cached_run(ref, x, steps, ref_cache)
         assert max_abs_diff(y_c, y) <= tol and max_abs_diff(y_c, y_rc) <= tol
         assert cache.nbytes() == 8192 * 4 * 4 + 32 * 128 * 128 * 4
+
+
+# ------------------------------------------------------------------------ exercise checks
+def test_exercise_checks_ch05():
+    import math
+
+    from qwen3next.exercises import ch05_delta_rule as ex
+
+    def delta_step(S, k, v, beta, alpha):
+        S = alpha * S
+        return S + beta * torch.outer(k, v - S.T @ k)
+
+    assert ex.check_delta_step(delta_step)
+    assert not ex.check_delta_step(lambda S, k, v, beta, alpha: S + beta * torch.outer(k, v - S.T @ k))  # no gate
+    assert not ex.check_delta_step(lambda S, k, v, beta, alpha: alpha * S + beta * torch.outer(k, v))  # no delta
+    assert not ex.check_delta_step(lambda *a: 1 / 0)
+
+    diag = lambda q, k, beta, g: beta * (q * k).sum(-1) / q.shape[-1] ** 0.5
+    assert ex.check_mixing_diagonal(diag)
+    assert not ex.check_mixing_diagonal(lambda q, k, beta, g: beta * (q * k).sum(-1))  # forgot the scale
+    assert ex.check_half_life(math.log(2) / -ex.HALF_LIFE_G)
+    assert not ex.check_half_life(1 / -ex.HALF_LIFE_G) and not ex.check_half_life("soon")
+
+
+def test_exercise_checks_ch06():
+    from qwen3next.exercises import ch06_gated_deltanet as ex
+
+    assert ex.check_deltanet_params(33_718_464) and not ex.check_deltanet_params(33_718_464 - 128)
+    assert ex.check_state_mib(36 * (8192 * 4 * 2 + 32 * 128 * 128 * 4) / 2**20)
+    assert not ex.check_state_mib(36 * (8192 * 4 * 4 + 32 * 128 * 128 * 4) / 2**20)  # fp32 conv state
+
+    def deinterleave(W, cfg):
+        Hk, Dk, Dv = cfg.linear_num_key_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim
+        r = cfg.linear_num_value_heads // Hk
+        groups = W.view(Hk, 2 * Dk + 2 * r * Dv, -1)
+        parts = torch.split(groups, [Dk, Dk, r * Dv, r * Dv], dim=1)
+        return torch.cat([p.reshape(-1, W.shape[1]) for p in parts])
+
+    assert ex.check_deinterleave(deinterleave)
+    assert not ex.check_deinterleave(lambda W, cfg: W)  # the interleaved order itself

@@ -1,0 +1,99 @@
+"""Checks for the exercises of chapter 05, "The delta rule"."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..deltanet import delta_rule_mixing_matrix, l2_normalize, recurrent_gated_delta_rule
+from . import check_close, report
+
+# the constant log decay of exercise 5.3
+HALF_LIFE_G = -0.05
+
+
+def _step_cases(n: int = 4):
+    """Seeded single-head cases (S, k, v, beta, alpha) with unit-norm keys, as the model uses them."""
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(n):
+        Dk, Dv = 6, 5
+        S = torch.randn(Dk, Dv, generator=gen)
+        k = l2_normalize(torch.randn(Dk, generator=gen))
+        v = torch.randn(Dv, generator=gen)
+        beta = float(torch.rand(1, generator=gen))
+        alpha = float(0.5 + 0.5 * torch.rand(1, generator=gen))
+        yield S, k, v, beta, alpha
+
+
+def _package_step(S, k, v, beta, alpha) -> torch.Tensor:
+    """One token of the package's recurrent kernel (B = H = T = 1): the state after the write."""
+    q = torch.zeros(1, 1, 1, k.numel())
+    g = torch.full((1, 1, 1), math.log(alpha))
+    _, S_new = recurrent_gated_delta_rule(q, k.view(1, 1, 1, -1), v.view(1, 1, 1, -1), g,
+                                          torch.full((1, 1, 1), beta), initial_state=S[None, None],
+                                          output_final_state=True)
+    return S_new[0, 0]
+
+
+def check_delta_step(fn) -> bool:
+    """``fn(S, k, v, beta, alpha)`` -> the state after one gated delta-rule step (S is (Dk, Dv))."""
+    hint = ("first forget (multiply S by alpha), then predict v from k with S^T k, and add k times beta "
+            "times the error as an outer product.")
+    for S, k, v, beta, alpha in _step_cases():
+        try:
+            answer = fn(S.clone(), k.clone(), v.clone(), beta, alpha)
+        except Exception as err:  # a student's function may fail in any way: report it as a hint
+            return report(False, f"your function raised {type(err).__name__}: {err}. {hint}")
+        expected = _package_step(S, k, v, beta, alpha)
+        if not isinstance(answer, torch.Tensor) or tuple(answer.shape) != tuple(expected.shape):
+            return report(False, f"return a tensor of shape {tuple(expected.shape)} (Dk, Dv). {hint}")
+        if (answer.float() - expected).abs().max() > 1e-5:
+            return report(False, hint)
+    return report(True, hint)
+
+
+def _diagonal_case():
+    gen = torch.Generator().manual_seed(52)
+    T, D = 12, 8
+    q = l2_normalize(torch.randn(T, D, generator=gen))
+    k = l2_normalize(torch.randn(T, D, generator=gen))
+    beta = torch.rand(T, generator=gen)
+    g = -torch.rand(T, generator=gen)
+    return q, k, beta, g
+
+
+def check_mixing_diagonal(fn) -> bool:
+    """``fn(q, k, beta, g)`` (one head, q/k (T, D) unit-norm) -> the diagonal (T,) of the mixing matrix M."""
+    q, k, beta, g = _diagonal_case()
+    M = delta_rule_mixing_matrix(q[None, :, None], k[None, :, None], g[None, :, None], beta[None, :, None])
+    expected = M[0, 0].diagonal()
+    hint = ("M = tril(QK^T * Gamma) (I + A)^-1 diag(beta): both triangular factors are lower triangular and the "
+            "inverse has a unit diagonal; remember the kernel scales q by 1/sqrt(D), and Gamma_tt = 1.")
+    try:
+        answer = fn(q.clone(), k.clone(), beta.clone(), g.clone())
+    except Exception as err:
+        return report(False, f"your function raised {type(err).__name__}: {err}. {hint}")
+    if not isinstance(answer, torch.Tensor) or tuple(answer.shape) != tuple(expected.shape):
+        return report(False, f"return a tensor of shape {tuple(expected.shape)}. {hint}")
+    return report(bool((answer.float() - expected).abs().max() <= 1e-5), hint)
+
+
+def check_half_life(answer: float) -> bool:
+    """Tokens until a memory written once has shrunk to half, for constant log decay ``HALF_LIFE_G``."""
+    # measured with the package: write once, then 20 steps that only forget (beta = 0)
+    T = 21
+    k = torch.zeros(1, T, 1, 2)
+    k[0, 0, 0, 0] = 1.0
+    v = torch.zeros(1, T, 1, 1)
+    v[0, 0] = 1.0
+    beta = torch.zeros(1, T, 1)
+    beta[0, 0] = 1.0
+    g = torch.full((1, T, 1), HALF_LIFE_G)
+    _, S_first = recurrent_gated_delta_rule(k[:, :1], k[:, :1], v[:, :1], g[:, :1], beta[:, :1],
+                                            output_final_state=True)
+    _, S_last = recurrent_gated_delta_rule(k, k, v, g, beta, output_final_state=True)
+    per_step = (S_last.norm() / S_first.norm()).item() ** (1 / (T - 1))
+    expected = math.log(0.5) / math.log(per_step)
+    return check_close(answer, expected, "each token multiplies the state by exp(g); solve exp(g)^n = 1/2 for n "
+                       "(a real number, not rounded).", rel=1e-3)
