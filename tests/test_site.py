@@ -33,10 +33,10 @@ def built_site() -> Path:
     t0 = time.monotonic()
     proc = subprocess.run([str(jb), "build", str(REPO), "-W", "-n", "--keep-going", "--all"],
                           cwd=REPO, capture_output=True, text=True)
-    log = proc.stdout + proc.stderr
-    warnings = [ln for ln in log.splitlines() if re.search(r"WARNING|ERROR|Error", ln)]
+    log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)  # no colour codes
+    warnings = list(dict.fromkeys(ln for ln in log.splitlines() if re.search(r"WARNING|ERROR", ln)))
     assert proc.returncode == 0, ("jupyter-book build -W -n failed:\n" + "\n".join(warnings[:40])
-                                  + "\n--- last lines ---\n" + "\n".join(log.splitlines()[-15:]))
+                                  + "\n--- last lines ---\n" + "\n".join(log.splitlines()[-8:]))
     print(f"book built in {time.monotonic() - t0:.1f} s")
     return REPO / "_build" / "html"
 

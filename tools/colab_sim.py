@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/colab_sim.py chapters/01_overview.ipynb [--keep DIR]
+    python tools/colab_sim.py [chapters/01_overview.ipynb ...] [--all] [--keep DIR]
 
 What it does, in a temporary folder:
 
@@ -104,21 +104,23 @@ def simulate(notebook: Path, workdir: Path, log=print) -> dict:
     notebook = Path(notebook).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     times = {}
-    t = time.monotonic()
     src = workdir / "repo"
-    copy_repo(REPO, src)
-    times["copy repository"] = time.monotonic() - t
-
-    t = time.monotonic()
     venv = workdir / "colab-venv"
-    base_python = getattr(sys, "_base_executable", sys.executable)
-    run([base_python, "-m", "venv", str(venv)])
     py = venv / "bin" / "python"
-    try:
-        run([str(py), "-m", "pip", "install", "-q", *COLAB_PREINSTALLED], env=clean_env())
-    except subprocess.CalledProcessError as err:
-        raise RuntimeError(f"installing Colab's preinstalled packages failed:\n{err.stderr[-2000:]}") from err
-    times["fresh venv with torch"] = time.monotonic() - t
+    if not (workdir / ".prepared").exists():  # a second chapter in the same workdir reuses the "machine"
+        t = time.monotonic()
+        copy_repo(REPO, src)
+        times["copy repository"] = time.monotonic() - t
+
+        t = time.monotonic()
+        base_python = getattr(sys, "_base_executable", sys.executable)
+        run([base_python, "-m", "venv", str(venv)])
+        try:
+            run([str(py), "-m", "pip", "install", "-q", *COLAB_PREINSTALLED], env=clean_env())
+        except subprocess.CalledProcessError as err:
+            raise RuntimeError(f"installing Colab's preinstalled packages failed:\n{err.stderr[-2000:]}") from err
+        times["fresh venv with torch"] = time.monotonic() - t
+        (workdir / ".prepared").touch()
 
     t = time.monotonic()
     content = workdir / "content"  # Colab's working folder: nothing of ours in it
@@ -159,23 +161,25 @@ def simulate(notebook: Path, workdir: Path, log=print) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("notebook", nargs="?", default=None, help="default: the first chapter in chapters/")
+    ap.add_argument("notebooks", nargs="*", help="default: the first chapter in chapters/")
+    ap.add_argument("--all", action="store_true", help="every chapter, one after the other, in one environment")
     ap.add_argument("--keep", default=None, help="work in this folder and keep it (default: a temporary one)")
     args = ap.parse_args(argv)
-    notebook = Path(args.notebook) if args.notebook else sorted((REPO / "chapters").glob("[0-9]*.ipynb"))[0]
-    if args.keep:
-        workdir = Path(args.keep)
-        simulate(notebook, workdir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="colab-sim-") as tmp:
-            simulate(notebook, Path(tmp))
-    print(f"{notebook.name} ran in the simulated Colab")
-    return 0
+    chapters = sorted((REPO / "chapters").glob("[0-9]*.ipynb"))
+    notebooks = [Path(p) for p in args.notebooks] or (chapters if args.all else chapters[:1])
+    with tempfile.TemporaryDirectory(prefix="colab-sim-") as tmp:
+        workdir = Path(args.keep) if args.keep else Path(tmp)
+        failed = []
+        for notebook in notebooks:
+            try:
+                simulate(notebook, workdir)
+                print(f"{notebook.name} ran in the simulated Colab")
+            except RuntimeError as err:
+                print(f"FAILED {notebook.name}: {err}", file=sys.stderr)
+                failed.append(notebook.name)
+    print(f"{len(notebooks) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except RuntimeError as err:
-        print(f"FAILED: {err}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(main())
