@@ -60,6 +60,17 @@ def test_every_chapter_is_in_the_toc_and_the_site(built_site):
         assert (built_site / f"{doc}.html").is_file()
 
 
+@pytest.mark.parametrize("chapter", sorted((REPO / "chapters").glob("[0-9]*.ipynb")), ids=lambda p: p.stem)
+def test_chapter_links_notation_and_glossary(chapter):
+    """Every chapter points its reader at the notation page and the glossary (in the book and in Colab)."""
+    nb = json.loads(chapter.read_text())
+    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert re.search(r"\{doc\}`[^`]*\.\./book/notation`|\]\(\.\./book/notation", text), \
+        f"{chapter.name}: no link to the notation page, e.g. {{doc}}`../book/notation`"
+    assert re.search(r"\{doc\}`[^`]*\.\./book/glossary`|\]\(\.\./book/glossary|\{term\}`", text), \
+        f"{chapter.name}: no link to the glossary, e.g. {{doc}}`../book/glossary` or {{term}}`delta rule`"
+
+
 def test_colab_url_follows_config():
     url = check_site.colab_url(REPO, "chapters/01_overview.ipynb")
     repo_url = check_site.read_config(REPO)["repository"]["url"].rstrip("/")
