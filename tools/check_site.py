@@ -73,6 +73,12 @@ def find_chromium() -> str:
     raise BrowserError("no Chromium found: install Debian's `chromium` (make chromium) or set $CHROMIUM")
 
 
+def _high_fd(fd: int) -> int:
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return high
+
+
 class Browser:
     """A headless Chromium spoken to over the DevTools protocol on fds 3 (in) and 4 (out)."""
 
@@ -83,14 +89,7 @@ class Browser:
         self._from_chrome, from_chrome_w = os.pipe()
         # move the child's ends above 9 so that 3<&N and 4>&M cannot overwrite one another (dash takes
         # only one-digit fds in redirections, hence bash)
-        for name in ("to_chrome_r", "from_chrome_w"):
-            fd = locals()[name]
-            high = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
-            os.close(fd)
-            if name == "to_chrome_r":
-                to_chrome_r = high
-            else:
-                from_chrome_w = high
+        to_chrome_r, from_chrome_w = _high_fd(to_chrome_r), _high_fd(from_chrome_w)
         exe = find_chromium()
         # a shell moves the two pipe ends onto fds 3 and 4, where Chromium expects them
         cmd = ["/bin/bash", "-c", f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}', exe,
@@ -104,6 +103,13 @@ class Browser:
         self._buf = b""
         self._next_id = 0
         self.events: list[dict] = []
+        try:
+            self._attach(width, height, timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self, width: int, height: int, timeout: float) -> None:
         # drive the tab Chromium opened (a tab created in the background never paints: no screenshots)
         deadline = time.monotonic() + timeout
         while True:
