@@ -104,3 +104,32 @@ def moe_state_dict_to_reference(state_dict: dict) -> dict:
     return out
 
 
+# -------------------------------------------------------------------------------------- model (issue 7)
+def layer_differences(ours, ref, input_ids, **kwargs) -> list[float]:
+    """Where two whole models part ways: max |diff| of the residual stream after each layer.
+
+    ``ours`` is a ``qwen3next.model.Qwen3NextForCausalLM``, ``ref`` a ``transformers`` one (or any
+    model with ``model.embed_tokens`` and ``model.layers``). Returns ``L + 2`` numbers: the embeddings,
+    the output of each of the ``L`` decoder layers, then the logits. The first layer whose number
+    jumps is the first place the two computations differ. ``kwargs`` go to both forward calls.
+    """
+    import torch
+
+    captured = []
+
+    def keep(_module, _inputs, out):
+        captured.append(out[0] if isinstance(out, tuple) else out)
+
+    hooks = [layer.register_forward_hook(keep) for layer in ref.model.layers]
+    try:
+        with torch.no_grad():
+            ref_logits = ref(input_ids, **kwargs).logits
+            out = ours(input_ids, output_hidden_states=True, **kwargs)
+            ref_states = [ref.model.embed_tokens(input_ids), *captured]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if len(ref_states) != len(out.hidden_states):
+        raise ValueError(f"ref: has {len(ref_states) - 1} layers, ours has {len(out.hidden_states) - 1}")
+    diffs = [max_abs_diff(a, b) for a, b in zip(out.hidden_states, ref_states, strict=True)]
+    return diffs + [max_abs_diff(out.logits, ref_logits)]
