@@ -95,6 +95,58 @@ def test_setup_cell_installs_in_colab_only():
         "in Colab the set-up cell must install from the repository of _config.yml"
 
 
+def installed_by_setup_cell() -> set[str]:
+    """Distributions present in Colab after the set-up cell: what Colab brings that the chapters rely on
+    (torch, the Jupyter kernel) plus the dependency closure of ``qwen3next[book]``."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [("qwen3next", {"book"}), ("torch", set()), ("ipykernel", set())]
+    while todo:
+        name, extras = todo.pop()
+        key = canonicalize_name(name)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for spec in requires:
+            req = Requirement(spec)
+            envs = [{"extra": e} for e in extras] or [{"extra": ""}]
+            if req.marker is None or any(req.marker.evaluate(env) for env in envs):
+                todo.append((req.name, set(req.extras)))
+    return seen
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
+def test_chapter_imports_only_what_the_setup_cell_installs(chapter):
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    available = installed_by_setup_cell()
+    owners = metadata.packages_distributions()
+    nb = json.loads(chapter.read_text())
+    modules = set()
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            modules |= set(re.findall(r"^\s*(?:from|import)\s+([A-Za-z_]\w*)", src(cell), re.M))
+    missing = []
+    for mod in sorted(modules):
+        if mod in sys.stdlib_module_names or mod == "qwen3next":
+            continue
+        dists = {canonicalize_name(d) for d in owners.get(mod, [])}
+        if not dists & available:
+            missing.append(f"{mod} (from {sorted(dists) or 'no installed distribution'})")
+    assert not missing, (f"{chapter.name} imports {missing}, which the set-up cell does not install in Colab: "
+                         "add them to the `book` extra in pyproject.toml")
+
+
 @pytest.mark.slow
 def test_first_chapter_runs_in_simulated_colab(tmp_path):
     chapters = [d for d in check_site.toc_files(REPO) if d.startswith("chapters/")]
