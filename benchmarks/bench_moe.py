@@ -7,7 +7,10 @@ bfloat16 (the released dtype, the default here) or 6.4 GB in float32. The refere
 the meta device, its fused expert tensors are allocated once and filled, and our per-expert weights are
 views into them (``qwen3next.reference.tie_moe_weights``), so both sides read the very same memory.
 
-Timed, one thread, inference mode, median of interleaved repetitions:
+Timed, one thread, inference mode, median of interleaved repetitions. The clock is the process's CPU
+time (``time.process_time``), not wall time: on a shared machine a process waits for a core a varying
+share of the time, which wall time counts and CPU time does not (with one thread the two agree on an
+idle machine). Contention for memory bandwidth still shows up, so compare ratios, not absolute times.
   ours:     dispatch "sorted" (the default), "loop", and "grouped" (only up to 16 tokens: it stacks
             the hit experts' weights, at 256 tokens nearly all of them, a second copy of the block)
   ref:      Qwen3NextSparseMoeBlock with experts_implementation "eager" (the reference's own loop) and
@@ -101,14 +104,14 @@ def main() -> None:
             times = {k: [] for k in fns}
             for _ in range(reps):  # interleaved, so a busy moment slows every variant alike
                 for k, f in fns.items():
-                    t = time.perf_counter()
+                    t = time.process_time()
                     f()
-                    times[k].append(time.perf_counter() - t)
+                    times[k].append(time.process_time() - t)
             med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
             rows.append((n, med, worst))
 
     names = ["ours sorted", "ours loop", "ours grouped", "ref eager", "ref grouped_mm", "ref batched_mm"]
-    print("\nmedian ms per call")
+    print("\nmedian CPU ms per call")
     print(f"{'tokens':>6} " + " ".join(f"{k:>15}" for k in names) + f" {'max|diff|':>10}")
     for n, med, worst in rows:
         cells = " ".join(f"{med[k]:15.2f}" if k in med else f"{'-':>15}" for k in names)
