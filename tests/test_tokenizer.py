@@ -329,7 +329,10 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_repo_id_offline_is_a_clear_error(monkeypatch):
+    # offline for sure, whenever huggingface_hub was imported: nothing may reach the network in tests
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(FileNotFoundError, match="could not be downloaded"):
         Tokenizer.from_pretrained("qwen3next-book/definitely-not-a-real-repo")
 
