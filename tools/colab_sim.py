@@ -74,6 +74,11 @@ def repo_files(repo: Path) -> list[str]:
 
 
 def copy_repo(repo: Path, dest: Path) -> None:
+    if not (repo / ".git").exists():  # not a clone (an unpacked archive): copy all but build outputs
+        skip = shutil.ignore_patterns(".git", ".venv", "_build", "build", "student", "artifacts", "*.egg-info",
+                                      "__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache")
+        shutil.copytree(repo, dest, ignore=skip, dirs_exist_ok=True)
+        return
     for rel in repo_files(repo):
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
