@@ -62,6 +62,14 @@ def test_yarn_matches_reference_init_function():
     assert bool((rope.inv_freq <= default).all())
 
 
+def test_yarn_legacy_type_key_matches_reference():
+    legacy = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 262144}
+    cfg = Qwen3NextConfig.full().replace(rope_scaling=legacy)
+    ours, ref = RotaryEmbedding(cfg), Qwen3NextRotaryEmbedding(reference_config(cfg))
+    assert ours.rope_type == ref.rope_type == "yarn"
+    assert max_abs_diff(ours.inv_freq, ref.inv_freq) <= 1e-9 and ours.attention_scaling == ref.attention_scaling
+
+
 @pytest.mark.parametrize(
     "extra",
     [{"beta_fast": 16, "beta_slow": 2}, {"attention_factor": 1.3}, {"mscale": 1.0, "mscale_all_dim": 0.5},

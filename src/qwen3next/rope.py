@@ -103,7 +103,7 @@ def yarn_inv_freq(theta: float, rotary_dim: int, params: dict[str, Any]) -> tupl
 def rope_frequencies(config) -> tuple[torch.Tensor, float]:
     """``(inv_freq (rotary_dim/2,), attention_scaling)`` for a :class:`~qwen3next.config.Qwen3NextConfig`."""
     params = dict(config.rope_parameters)
-    rope_type = params.get("rope_type", params.get("type", "default"))
+    rope_type = config.rope_type  # also understands the legacy key "type"
     theta, rotary_dim = float(params["rope_theta"]), config.rotary_dim
     if rope_type == "default":
         return default_inv_freq(theta, rotary_dim), 1.0
