@@ -14,7 +14,7 @@ HALF_LIFE_G = -0.05
 
 
 def _step_cases(n: int = 4):
-    """Seeded single-head cases (S, k, v, beta, alpha) with unit-norm keys, as the model uses them."""
+    """Seeded single-head cases (h, k, v, beta, alpha) with unit-norm keys; h = S^T has shape (Dk, Dv)."""
     gen = torch.Generator().manual_seed(5)
     for _ in range(n):
         Dk, Dv = 6, 5
@@ -37,9 +37,9 @@ def _package_step(S, k, v, beta, alpha) -> torch.Tensor:
 
 
 def check_delta_step(fn) -> bool:
-    """``fn(S, k, v, beta, alpha)`` -> the state after one gated delta-rule step (S is (Dk, Dv))."""
-    hint = ("first forget (multiply S by alpha), then predict v from k with S^T k, and add k times beta "
-            "times the error as an outer product.")
+    """``fn(h, k, v, beta, alpha)`` -> the state after one gated delta-rule step (h = S^T is (Dk, Dv))."""
+    hint = ("first forget (multiply h by alpha), then predict v from k with h^T k (h = S^T is (Dk, Dv)), and "
+            "add beta times the outer product of k with the error.")
     for S, k, v, beta, alpha in _step_cases():
         try:
             answer = fn(S.clone(), k.clone(), v.clone(), beta, alpha)
