@@ -88,6 +88,8 @@ BROKEN_PAGE = """<!DOCTYPE html><html><head><title>broken</title>
 <a href="../index.html#no-such-anchor">a broken anchor</a>
 <a href="00_x.html#top">a good anchor</a>
 <a href="https://colab.research.google.com/github/someone/else/blob/main/chapters/00_x.ipynb">Colab</a>
+<div class="cell tag_solution"><div class="cell_input"><pre>answer = 42</pre></div></div>
+<details open><summary>Solution</summary>because.</details>
 <script>throw new Error("boom");</script>
 <div id="top"></div></body></html>"""
 
@@ -118,6 +120,9 @@ def test_checker_reports_each_kind_of_fault(tmp_path):
         "expected ['https://colab.research.google.com/github/org/book/blob/main/chapters/00_x.ipynb']",
         "no download link to _sources/chapters/00_x.ipynb",
         "searching 'delta' found nothing",
+        "1 of 1 solution cells are shown without a click",
+        "clicking a folded solution does not show it",
+        "1 worded solutions are open",
     ]
     missing = [e for e in expected if e not in problems]
     assert not missing, f"the checker missed {missing}; it reported:\n{problems}"

@@ -12,6 +12,7 @@ library and the browser is needed. For every HTML page it checks that
 - every image decodes (no missing or broken ``<img>``);
 - every internal link points at a file of the site, and its ``#fragment`` at an element id there;
 - every piece of math was typeset by MathJax (served from ``_static``, not a CDN) without a TeX error;
+- exercise solutions are folded (a click on the toggle shows them) and worded ones closed;
 - a page built from a notebook has exactly one Colab button, pointing at
   ``https://colab.research.google.com/github/<org>/<repo>/blob/<branch>/<notebook>`` (from
   ``_config.yml``), the notebook exists in the repository, and its download link serves the same file;
@@ -270,6 +271,26 @@ PROBE = r"""
       () => null, () => (i.complete && i.naturalWidth > 0 ? null : (i.getAttribute('src') || '(no src)'))))))
       .filter(x => x);
   out.links = [...document.querySelectorAll('a[href]')].map(a => a.href);
+  // exercise solutions: folded until the reader opens them, and opening works
+  // checkVisibility: the content of a closed <details> has a layout box but is not rendered
+  const shown = el => !!el && el.checkVisibility({visibilityProperty: true, opacityProperty: true});
+  const sols = [...document.querySelectorAll('.cell.tag_solution')];
+  out.solutions = sols.length;
+  out.solutions_shown = sols.filter(c => shown(c.querySelector('.cell_input pre'))).length;
+  out.solution_toggle_works = null;
+  if (sols.length) {
+    const summary = sols[0].querySelector('summary');
+    if (summary) {
+      summary.click();
+      await new Promise(r => setTimeout(r, 50));
+      out.solution_toggle_works = shown(sols[0].querySelector('.cell_input pre'));
+      summary.click();
+    } else {
+      out.solution_toggle_works = false;
+    }
+  }
+  out.open_worded_solutions = [...document.querySelectorAll('details')].filter(
+      d => d.open && /Solution/.test((d.querySelector('summary') || {}).textContent || '')).length;
   return out;
 })()
 """
@@ -401,6 +422,13 @@ def check_page(browser: Browser, page: str, base: str, root: Path, repo: Path, i
             problems.append(f"{page}: math not typeset: {tex!r}")
         for err in info["math_errors"]:
             problems.append(f"{page}: MathJax error: {err}")
+    if info["solutions_shown"]:
+        problems.append(f"{page}: {info['solutions_shown']} of {info['solutions']} solution cells are shown "
+                        "without a click (tag them hide-input)")
+    if info["solution_toggle_works"] is False:
+        problems.append(f"{page}: clicking a folded solution does not show it")
+    if info["open_worded_solutions"]:
+        problems.append(f"{page}: {info['open_worded_solutions']} worded solutions are open (<details open>)")
     for src in info["broken_images"]:
         problems.append(f"{page}: image does not load: {src}")
     problems += check_links(page, info["links"], base, root, ids_cache)
