@@ -285,3 +285,24 @@ def test_chapter04_exercise_checks():
     assert ex.check_gate_rows((3 * 512 + 256, 4 * 512)) and ex.check_gate_rows([1792, 2048])
     assert not ex.check_gate_rows((3 * 512, 3 * 512 + 256)) and not ex.check_gate_rows("rows")
     assert ex.check_attention_params(27_263_488) and not ex.check_attention_params(27_263_488 - 512)
+
+
+def test_decode_step_matches_reference_with_its_cache():
+    """One token after a prefill: our KVCache against the reference's DynamicCache."""
+    from transformers import DynamicCache
+
+    ours = _attention(TINY)
+    ref_cfg = reference_config(TINY)
+    ref = Qwen3NextAttention(ref_cfg, layer_idx=3)
+    ref.load_state_dict(ours.state_dict())
+    x, cos, sin, _ = _inputs(TINY, B=1, T=7)
+    ones = torch.ones(1, 7, dtype=torch.long)
+    with torch.no_grad():
+        ref_cache = DynamicCache(config=ref_cfg)
+        ref(x[:, :6], (cos[:, :6], sin[:, :6]), _reference_mask(ones[:, :6], torch.float32), cache=ref_cache)
+        y_ref, _ = ref(x[:, 6:], (cos[:, 6:], sin[:, 6:]), torch.zeros(1, 1, 1, 7), cache=ref_cache)
+        cache = KVCache()
+        ours(x[:, :6], cos[:, :6], sin[:, :6], cache=cache)
+        y = ours(x[:, 6:], cos[:, 6:], sin[:, 6:], cache=cache)
+    assert max_abs_diff(y, y_ref) <= 1e-5
+    assert max_abs_diff(cache.key, ref_cache.layers[3].keys) <= 1e-6
