@@ -123,6 +123,7 @@ def test_checker_reports_each_kind_of_fault(tmp_path):
         "1 of 1 solution cells are shown without a click",
         "clicking a folded solution does not show it",
         "1 worded solutions are open",
+        "shows 0 figures from its cells",
     ]
     missing = [e for e in expected if e not in problems]
     assert not missing, f"the checker missed {missing}; it reported:\n{problems}"

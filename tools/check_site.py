@@ -13,7 +13,7 @@ library and the browser is needed. For every HTML page it checks that
 - every internal link points at a file of the site, and its ``#fragment`` at an element id there;
 - every piece of math was typeset by MathJax (served from ``_static``, not a CDN) without a TeX error;
 - exercise solutions are folded (a click on the toggle shows them) and worded ones closed;
-- a page built from a notebook has exactly one Colab button, pointing at
+- a page built from a notebook shows at least two figures from its cells, and has exactly one Colab button, pointing at
   ``https://colab.research.google.com/github/<org>/<repo>/blob/<branch>/<notebook>`` (from
   ``_config.yml``), the notebook exists in the repository, and its download link serves the same file;
 - a page built from Markdown has no Colab button.
@@ -44,6 +44,7 @@ from pathlib import Path
 from urllib.parse import unquote, urldefrag, urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
+MIN_FIGURES = 2  # DESIGN.md: every chapter draws what it built, at least twice
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",  # the tests run as root
@@ -267,6 +268,7 @@ PROBE = r"""
   const imgs = [...document.images];
   imgs.forEach(i => { i.loading = 'eager'; });
   out.images = imgs.length;
+  out.output_figures = document.querySelectorAll('.cell_output img').length;
   out.broken_images = (await Promise.all(imgs.map(i => i.decode().then(
       () => null, () => (i.complete && i.naturalWidth > 0 ? null : (i.getAttribute('src') || '(no src)'))))))
       .filter(x => x);
@@ -442,6 +444,9 @@ def check_page(browser: Browser, page: str, base: str, root: Path, repo: Path, i
         expected = colab_url(repo, notebook)
         if colab != [expected]:
             problems.append(f"{page}: Colab button(s) {colab}, expected [{expected!r}]")
+        if info["output_figures"] < MIN_FIGURES:
+            problems.append(f"{page}: shows {info['output_figures']} figures from its cells; a chapter has at "
+                            f"least {MIN_FIGURES}")
         if not (repo / notebook).is_file():
             problems.append(f"{page}: the Colab button opens {notebook}, which is not in the repository")
         downloads = [u for u in info["links"] if u.startswith(base) and u.endswith(".ipynb")]
