@@ -131,3 +131,39 @@ def test_framework_checks_answer_the_placeholder(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and all(ln.startswith("Not yet. Hint: " + UNANSWERED) for ln in lines), lines
     assert check_equal(3, 3, "count the heads.") and capsys.readouterr().out.strip() == "Correct!"
+
+
+def _names(source: str, ctx) -> set[str]:
+    import ast
+
+    lines = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!"))]  # IPython magics
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return set()
+    found = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ctx)}
+    if ctx is ast.Store:
+        for n in ast.walk(tree):
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)):
+                found.add(n.name)
+            elif isinstance(n, (ast.Import, ast.ImportFrom)):
+                found |= {(a.asname or a.name).split(".")[0] for a in n.names}
+    return found
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=IDS)
+def test_student_notebook_needs_nothing_from_a_solution(chapter):
+    """A cell the student keeps must not use a name that only a (removed) solution defines."""
+    import ast
+
+    cells = [c for c in nbformat.read(chapter, as_version=4).cells if c.cell_type == "code"]
+    defined_by_kept: set[str] = set()
+    only_in_solutions: set[str] = set()
+    for cell in cells:
+        if make_student.is_solution(cell):
+            only_in_solutions |= _names(cell.source, ast.Store) - defined_by_kept
+            continue
+        used = _names(cell.source, ast.Load) & only_in_solutions
+        assert not used, f"{chapter.name}: a kept cell uses {sorted(used)}, defined only by a solution cell"
+        defined_by_kept |= _names(cell.source, ast.Store)
+        only_in_solutions -= defined_by_kept
