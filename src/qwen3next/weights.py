@@ -15,7 +15,7 @@ What it implements
       multi-token-prediction module, not part of the model) are set aside; :func:`load_mtp` reads them.
     * FP8 block quantisation as the ``-FP8`` releases store it (:func:`dequantize_fp8`,
       :func:`quantize_fp8`): e4m3 weights and one ``weight_scale_inv`` per 128 x 128 block,
-      ``W = W_fp8 * scale_inv`` (DeepSeek-V3 report, section 3.3, "fine-grained quantization").
+      ``W = W_fp8 * scale_inv`` (the fine-grained FP8 quantisation of the DeepSeek-V3 technical report).
     * Expert offloading (:class:`ExpertStore`, :class:`OffloadedExperts`): the routed experts, 97% of the
       parameters, stay on disk; an expert's three matrices are read (``os.preadv`` straight from the byte
       offsets of the header) the first time the router picks it and kept in a bounded LRU cache.
@@ -663,6 +663,8 @@ def write_fp8_checkpoint(src: str | Path, dst: str | Path, block: tuple[int, int
 # ------------------------------------------------------------------------------------- loading
 def _target_dtype(ckpt: Checkpoint, dtype: torch.dtype | str | None) -> torch.dtype:
     """``dtype`` if given, else the checkpoint's own float dtype (FP8 files: their ``torch_dtype``)."""
+    if dtype == "auto":
+        dtype = None
     if dtype is not None:
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype, None)
