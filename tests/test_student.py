@@ -167,3 +167,22 @@ def test_student_notebook_needs_nothing_from_a_solution(chapter):
         assert not used, f"{chapter.name}: a kept cell uses {sorted(used)}, defined only by a solution cell"
         defined_by_kept |= _names(cell.source, ast.Store)
         only_in_solutions -= defined_by_kept
+
+
+@pytest.mark.slow
+def test_first_student_notebook_runs_top_to_bottom(tmp_path):
+    """The first chapter's student notebook, run as a student first opens it: no error, a hint per answer."""
+    from nbclient import NotebookClient
+
+    docs = [d for d in check_site.toc_files(REPO) if d.startswith("chapters/")]
+    assert docs, "_toc.yml lists no chapter"
+    chapter = REPO / f"{docs[0]}.ipynb"
+    student, _ = make_student.make_student(nbformat.read(chapter, as_version=4), clear_outputs=True)
+    NotebookClient(student, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()  # raises on any error
+    answers = [c for c in student.cells if c.cell_type == "code" and "exercise" in c.metadata.get("tags", [])
+               and "check_" in c.source]
+    assert answers
+    for cell in answers:
+        text = "".join(o.get("text", "") for o in cell.outputs)
+        assert "Not yet" in text, f"{chapter.name}: an answer cell printed {text!r}"
