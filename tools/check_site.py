@@ -492,7 +492,7 @@ def check_site(root: Path, repo: Path = REPO, screenshots: Path | None = None, s
     pages = site_pages(root)
     if screenshot_pages is None:
         chapters = [p for p in pages if (root / "_sources" / (p[:-5] + ".ipynb")).is_file()]
-        screenshot_pages = [f"{toc_files(repo)[0]}.html", "book/notation.html", *chapters[:1]]
+        screenshot_pages = [f"{toc_files(repo)[0]}.html", "book/notation.html", *chapters[:1], *chapters[-1:]]
     ids_cache: dict = {}
     t0 = time.monotonic()
     with SiteServer(root) as server, Browser() as browser:
@@ -501,11 +501,12 @@ def check_site(root: Path, repo: Path = REPO, screenshots: Path | None = None, s
             if screenshots and page in screenshot_pages:
                 name = page.replace("/", "_").replace(".html", "")
                 browser.screenshot(screenshots / f"{name}.png")
-                # and one further down, at the first figure, where there is one
-                if browser.evaluate("(() => { const i = document.querySelector('.cell_output img, "
-                                    "figure img'); if (!i) return false; i.scrollIntoView(); return true; })()"):
-                    time.sleep(0.2)
-                    browser.screenshot(screenshots / f"{name}_figure.png")
+                # and further down: at the first figure and the first displayed equation, where there are
+                for suffix, selector in (("figure", ".cell_output img, figure img"), ("math", "div.math")):
+                    if browser.evaluate(f"(() => {{ const e = document.querySelector('{selector}'); "
+                                        "if (!e) return false; e.scrollIntoView(); return true; })()"):
+                        time.sleep(0.2)
+                        browser.screenshot(screenshots / f"{name}_{suffix}.png")
         problems += check_search(browser, server.base, root, search, search_expect)
         if screenshots:
             browser.screenshot(screenshots / "search.png")
