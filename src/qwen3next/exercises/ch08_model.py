@@ -16,7 +16,7 @@ BROKEN_SEED = 8
 def check_cache_bytes_at_256k(answer: int) -> bool:
     """Bytes of the full model's hybrid cache for one 262,144-token sequence (bf16 K/V and conv, fp32 state)."""
     expected = cache_bytes(Qwen3NextConfig.full(), 262_144, batch_size=1, activation_bytes=2, state_bytes=4).total
-    return check_equal(int(answer), expected, "12 attention layers keep K and V (2 x Hkv x head_dim numbers per "
+    return check_equal(answer, expected, "12 attention layers keep K and V (2 x Hkv x head_dim numbers per "
                        "token each, 2 bytes); 36 DeltaNet layers keep a (conv_dim, K) window in 2 bytes and a "
                        "(Hv, Dk, Dv) state in 4 bytes, whatever the length.")
 
@@ -28,7 +28,7 @@ def check_deltanet_layer_params(answer: int) -> bool:
     with torch.device("meta"):
         layer = DecoderLayer(Qwen3NextConfig.full(), 0)
     expected = sum(p.numel() for p in layer.parameters())
-    return check_equal(int(answer), expected, "build DecoderLayer(Qwen3NextConfig.full(), 0) under "
+    return check_equal(answer, expected, "build DecoderLayer(Qwen3NextConfig.full(), 0) under "
                        "torch.device('meta') and add up p.numel() over its parameters.")
 
 
@@ -74,6 +74,6 @@ def _broken_layer() -> int:
 
 def check_broken_layer(answer: int) -> bool:
     """The index of the layer that :func:`broken_pair` changed."""
-    return check_equal(int(answer), _broken_layer(), "run layer_differences(ours, ref, ids): the residual "
+    return check_equal(answer, _broken_layer(), "run layer_differences(ours, ref, ids): the residual "
                        "stream agrees to ~1e-7 up to some layer, and the first layer whose difference jumps "
                        "by orders of magnitude is the broken one.")
