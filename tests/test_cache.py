@@ -61,6 +61,20 @@ def test_memory_is_measured_and_matches_accounting(model):
 
 
 @torch.no_grad()
+def test_bfloat16_cache_keeps_the_state_in_float32():
+    cfg = Qwen3NextConfig.tiny()
+    torch.manual_seed(1)
+    m = Qwen3NextForCausalLM(cfg).to(torch.bfloat16).eval()
+    cache = m.new_cache(2)
+    m(torch.randint(0, cfg.vocab_size, (2, 24)), cache=cache)
+    expected = cache_bytes(cfg, 24, batch_size=2, activation_bytes=2, state_bytes=4)
+    report = cache.memory_report()
+    assert report["full_attention"] == expected.attention_kv
+    assert report["linear_attention"] == expected.deltanet
+    assert cache[0].recurrent_state.dtype == torch.float32 and cache[3].key.dtype == torch.bfloat16
+
+
+@torch.no_grad()
 def test_select_and_reorder_rows(model):
     """Keeping rows [2, 0] of a batch-3 cache continues exactly like a batch-2 run of those rows."""
     V = model.config.vocab_size

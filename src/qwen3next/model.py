@@ -249,6 +249,8 @@ class Qwen3NextForCausalLM(nn.Module):
         ``logits_to_keep``: if > 0, only the last that many positions go through ``lm_head``.
         """
         input_ids, inputs_embeds = self._check_inputs(input_ids, inputs_embeds, position_ids)
+        if labels is not None and logits_to_keep:
+            raise ValueError("labels: the loss needs the logits of every position; do not pass logits_to_keep")
         if output_router_logits is None:
             output_router_logits = self.config.output_router_logits
         hidden, hidden_states, router_logits = self.model(
