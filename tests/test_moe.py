@@ -548,3 +548,31 @@ def test_exercise_checks(capsys):
         assert not check_dense_moe(routed.view_as(x))  # forgot the shared expert
         assert not check_dense_moe(routed)  # wrong shape
     assert "Not yet" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------- single-row kernel switch
+def test_matvec_kernels_switch_is_scoped_and_exact():
+    from qwen3next.moe import matvec_kernels
+
+    assert torch.backends.mkldnn.enabled
+    with matvec_kernels(torch.zeros(1, 4, dtype=torch.bfloat16)):
+        assert not torch.backends.mkldnn.enabled
+    assert torch.backends.mkldnn.enabled
+    with matvec_kernels(torch.zeros(1, 4)):  # float32 does not use oneDNN here: left alone
+        assert torch.backends.mkldnn.enabled
+    with pytest.raises(RuntimeError, match="boom"), matvec_kernels(torch.zeros(1, 4, dtype=torch.bfloat16)):
+        raise RuntimeError("boom")
+    assert torch.backends.mkldnn.enabled  # restored after an error too
+
+    # decoding one token in bfloat16 (every group has one row) agrees with the loop path
+    torch.manual_seed(15)
+    cfg = tiny_cfg(num_experts=16, num_experts_per_tok=4, hidden_size=256, moe_intermediate_size=128)
+    block = SparseMoeBlock(cfg).bfloat16()
+    for T in (1, 3):
+        x = torch.randn(1, T, cfg.hidden_size).bfloat16()
+        with torch.no_grad():
+            y_loop, _ = block(x, dispatch="loop")
+            y_fast, _ = block(x)
+        tol = 2 * 2**-8 * y_loop.float().abs().max().item()
+        assert (y_fast.float() - y_loop.float()).abs().max() <= tol
+    assert torch.backends.mkldnn.enabled

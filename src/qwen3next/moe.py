@@ -39,7 +39,8 @@ jitter noise, and the fused grouped-GEMM kernels of the reference (``experts_imp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +111,25 @@ def experts_loop(
     return y.to(x.dtype)
 
 
+@contextmanager
+def matvec_kernels(x: torch.Tensor) -> Iterator[None]:
+    """Run bfloat16/float16 products of a single row with PyTorch's own kernel instead of oneDNN's.
+
+    For one row (a matrix-vector product) PyTorch's native half-precision kernel streams the weight
+    matrix about twice as fast as oneDNN's on the CPUs we measured (``benchmarks/bench_moe.py``);
+    for several rows oneDNN is faster. float32 never goes through oneDNN here, so this changes nothing
+    for it. The switch is process-wide while the block runs and is restored afterwards.
+    """
+    if x.dtype not in (torch.bfloat16, torch.float16) or not torch.backends.mkldnn.enabled:
+        yield
+        return
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = True
+
+
 def _sort_by_expert(top_i: torch.Tensor) -> tuple[torch.Tensor, list[int], list[int]]:
     """Order of the N*k assignments grouped by expert, with the hit experts and their group sizes."""
     flat = top_i.reshape(-1)  # (N*k,)
@@ -125,9 +145,13 @@ def experts_sorted(
     N, k = top_i.shape
     order, hit, counts = _sort_by_expert(top_i)
     x_sorted = x[order // k]  # (N*k, H): row j is the token of assignment order[j]
-    outs = []
-    for e, rows in zip(hit, x_sorted.split(counts), strict=True):  # a contiguous slice of rows per hit expert
-        outs.append(swiglu(rows, experts[e]))  # (n_e, H)
+    slices = x_sorted.split(counts)  # a contiguous slice of rows per hit expert
+    outs: list[torch.Tensor | None] = [None] * len(hit)
+    with matvec_kernels(x):  # experts that got a single token: matrix-vector products
+        for j in (j for j, c in enumerate(counts) if c == 1):
+            outs[j] = swiglu(slices[j], experts[hit[j]])  # (1, H)
+    for j in (j for j, c in enumerate(counts) if c > 1):
+        outs[j] = swiglu(slices[j], experts[hit[j]])  # (n_e, H)
     y_sorted = torch.cat(outs) * top_w.reshape(-1)[order, None]  # (N*k, H)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
@@ -211,15 +235,22 @@ class SparseMoeBlock(nn.Module):
             raise ValueError(f"dispatch: expected one of {DISPATCHES}, found {dispatch!r}")
         B, T, H = hidden_states.shape
         x = hidden_states.reshape(B * T, H)  # (N, H) tokens are independent here
+        dispatch = dispatch or self.dispatch
+        if x.shape[0] == 1 and dispatch != "loop":  # decoding one token: every product is matrix-vector
+            with matvec_kernels(x):
+                return self._forward(x, dispatch, (B, T, H))
+        return self._forward(x, dispatch, (B, T, H))
+
+    def _forward(self, x: torch.Tensor, dispatch: str, shape: tuple[int, int, int]):
         router_logits = self.gate(x)  # (N, E)
         top_w, top_i, _ = route(router_logits, self.top_k, self.norm_topk_prob, dtype=x.dtype)  # (N, k)
         if x.shape[0] == 0:
             routed = torch.zeros_like(x)
         else:
-            routed = _DISPATCH[dispatch or self.dispatch](x, self.experts, top_i, top_w)  # (N, H)
+            routed = _DISPATCH[dispatch](x, self.experts, top_i, top_w)  # (N, H)
         shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)  # (N, 1) * (N, H)
         y = routed + shared
-        return y.view(B, T, H), router_logits
+        return y.view(shape), router_logits
 
 
 # --------------------------------------------------------------------------- load-balancing loss
