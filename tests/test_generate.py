@@ -157,3 +157,14 @@ def test_bad_settings_raise_clear_errors(model):
         generate(model, torch.zeros(1, 3, dtype=torch.long), 2, attention_mask=torch.tensor([[1, 1, 0]]))
     with pytest.raises(TypeError, match="streamer"):
         generate(model, ids, 2, streamer=3)
+
+
+@torch.no_grad()
+def test_public_name_generates(model):
+    """``from qwen3next import generate`` gives something that generates, whatever was imported first."""
+    import qwen3next
+    from qwen3next import generate as public
+
+    ids = torch.randint(0, model.config.vocab_size, (1, 4))
+    assert torch.equal(public(model, ids, 3), generate(model, ids, 3))
+    assert torch.equal(qwen3next.generate(model, ids, 3), generate(model, ids, 3))
