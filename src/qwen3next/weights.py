@@ -1060,56 +1060,105 @@ def reset_peak_memory() -> bool:
         return False
 
 
+def _warm_up() -> None:
+    """Pay the lazy imports (building on the meta device pulls in sympy) before anything is measured."""
+    from .config import Qwen3NextConfig
+    from .model import Qwen3NextForCausalLM
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        Qwen3NextForCausalLM(Qwen3NextConfig.tiny(num_hidden_layers=4))(torch.arange(4)[None])
+        _meta_model(Qwen3NextConfig.tiny(num_hidden_layers=4))
+
+
 def _measure(path: str, offload: bool, cache: int | None, new_tokens: int, prompt_len: int) -> dict:
     """Load, then decode greedily; memory counted from just before loading (run in a fresh process)."""
     import time
 
-    from .config import Qwen3NextConfig
     from .generate import generate
-    from .model import Qwen3NextForCausalLM
 
-    torch.manual_seed(0)
-    with torch.no_grad():  # pay the lazy imports (a meta build pulls in sympy) before measuring
-        Qwen3NextForCausalLM(Qwen3NextConfig.tiny())(torch.arange(4)[None])
-        _meta_model(Qwen3NextConfig.tiny())
     reset_peak_memory()
-    base = memory_status()["rss"]
+    before = memory_status()
     t0 = time.perf_counter()
     model = load_pretrained(path, offload_experts=offload, expert_cache_size=cache)
     load_s = time.perf_counter() - t0
-    after_load = memory_status()["rss"] - base
+    loaded = memory_status()
     ids = torch.arange(prompt_len)[None] % model.config.vocab_size
     t1 = time.perf_counter()
     with torch.no_grad():
         out = generate(model, ids, new_tokens)
     gen_s = time.perf_counter() - t1
-    result = {"load_s": load_s, "resident": after_load, "peak": memory_status()["peak"] - base,
-              "tokens_per_s": new_tokens / gen_s, "tokens": out[0, prompt_len:].tolist()}
+    end = memory_status()
+    result = {"load_s": load_s, "tokens_per_s": new_tokens / gen_s, "tokens": out[0, prompt_len:].tolist(),
+              "resident": None if before is None else loaded["rss"] - before["rss"],
+              "peak": None if before is None else end["peak"] - before["rss"]}
     store = getattr(model, "expert_store", None)
     if store is not None:
         result.update(store.stats())
     return result
 
 
-def measure_in_subprocess(path: str | Path, offload_experts: bool = False, expert_cache_size: int | None = None,
-                          new_tokens: int = 8, prompt_len: int = 16, threads: int = 1) -> dict:
-    """Load a checkpoint in a fresh Python process and report its memory and speed (Linux).
+_MEASURE_MAIN = """
+import json, os, sys, torch
+spec = json.loads(sys.argv[1])
+torch.set_num_threads(spec["threads"])
+from qwen3next.weights import _measure, _warm_up
+_warm_up()
+results = {}
+for name, (offload, cache) in spec["runs"].items():
+    args = (spec["path"], offload, cache, spec["new_tokens"], spec["prompt_len"])
+    if not hasattr(os, "fork"):
+        results[name] = _measure(*args)  # no fork: one process measures all (less exact)
+        continue
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a child per mode: the same warm process, memory counted from the fork
+        os.close(r)
+        try:
+            _warm_up()  # a forked child faults the library code pages in again: not weights, so before the count
+            out = {"ok": _measure(*args)}
+        except BaseException as err:
+            out = {"error": repr(err)}
+        with os.fdopen(w, "w") as f:
+            f.write(json.dumps(out))
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = json.loads(f.read() or '{"error": "the measuring process died"}')
+    os.waitpid(pid, 0)
+    if "error" in out:
+        raise RuntimeError(name + ": " + out["error"])
+    results[name] = out["ok"]
+print(json.dumps(results))
+"""
 
-    Returns ``load_s``, ``resident`` (bytes added by loading), ``peak`` (high-water mark, loading
-    and decoding included), ``tokens_per_s`` and the greedy ``tokens``; with offloading also the cache
-    statistics. A fresh process, because memory once used by this one would blur the numbers.
+
+def measure_modes_in_subprocess(path: str | Path, runs: dict[str, tuple[bool, int | None]], new_tokens: int = 8,
+                                prompt_len: int = 16, threads: int = 1) -> dict[str, dict]:
+    """Measure several loading modes of a checkpoint, each in a fresh process (Linux for the memory).
+
+    ``runs`` maps a label to ``(offload_experts, expert_cache_size)``. One helper process does the
+    imports once, then forks a child per mode, which loads the checkpoint and decodes ``new_tokens``
+    greedily after a ``prompt_len``-token prompt. Each result has ``load_s``, ``resident`` (bytes added
+    by loading), ``peak`` (high-water mark above the start, decoding included), ``tokens_per_s`` and the
+    greedy ``tokens``; with offloading also the cache statistics. Fresh processes, because memory once
+    used by a process blurs what a later measurement in it sees.
     """
     import subprocess
     import sys
 
-    code = ("import json, sys, torch; from qwen3next.weights import _measure; "
-            f"torch.set_num_threads({int(threads)}); "
-            "print(json.dumps(_measure(sys.argv[1], sys.argv[2] == '1', "
-            "None if sys.argv[3] == 'None' else int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))))")
+    spec = {"path": str(path), "runs": {k: [bool(o), c] for k, (o, c) in runs.items()}, "new_tokens": new_tokens,
+            "prompt_len": prompt_len, "threads": int(threads)}
     env = {**os.environ, "OMP_NUM_THREADS": str(int(threads))}
-    res = subprocess.run([sys.executable, "-c", code, str(path), "1" if offload_experts else "0",
-                          str(expert_cache_size), str(new_tokens), str(prompt_len)],
-                         capture_output=True, text=True, env=env)
+    res = subprocess.run([sys.executable, "-c", _MEASURE_MAIN, json.dumps(spec)], capture_output=True, text=True,
+                         env=env)
     if res.returncode != 0:
         raise RuntimeError(f"measurement of {path} failed:\n{res.stderr[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def measure_in_subprocess(path: str | Path, offload_experts: bool = False, expert_cache_size: int | None = None,
+                          new_tokens: int = 8, prompt_len: int = 16, threads: int = 1) -> dict:
+    """One loading mode of :func:`measure_modes_in_subprocess`."""
+    runs = {"run": (offload_experts, expert_cache_size)}
+    return measure_modes_in_subprocess(path, runs, new_tokens, prompt_len, threads)["run"]
