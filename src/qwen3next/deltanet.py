@@ -198,8 +198,10 @@ def chunk_gated_delta_rule(
     A = (k @ k.transpose(-1, -2) * Gamma * beta.unsqueeze(-1)).tril(-1)  # (N, B, Hk, r, C, C)
     I = torch.eye(C, dtype=A.dtype, device=A.device)
     T_inv = torch.linalg.solve_triangular(I + A, I.expand_as(A), upper=False, unitriangular=True)
-    U = T_inv @ (v * beta.unsqueeze(-1))  # (N, B, Hk, r, C, Dv)
-    W = T_inv @ (k * (beta * gamma.exp()).unsqueeze(-1))  # (N, B, Hk, r, C, Dk)
+    # T diag(beta) V and T diag(beta exp(gamma)) K: scaling the columns of T (C x C) is cheaper than the
+    # rows of V and K (C x D); and the r value heads of a key head share K, so W is one product per key head
+    U = (T_inv * beta.unsqueeze(-2)) @ v  # (N, B, Hk, r, C, Dv)
+    W = (T_inv * (beta * gamma.exp()).unsqueeze(-2)).reshape(N, B, Hk, r * C, C) @ k.squeeze(3)  # (N, B, Hk, rC, Dk)
 
     P = q @ k.transpose(-1, -2) * Gamma  # (N, B, Hk, r, C, C) intra-chunk "attention", lower triangular
     q_in = q * gamma.exp().unsqueeze(-1)  # (N, B, Hk, r, C, Dk) reads the state carried into the chunk
@@ -210,26 +212,27 @@ def chunk_gated_delta_rule(
     U, W, P, q_in, k_out = (x.reshape(N, BH, C, x.shape[-1]) for x in (U, W, P, q_in, k_out))
     chunk_decay = chunk_decay.reshape(N, BH, 1, 1)
     S = S.reshape(BH, Dk, Dv)
-    outputs = []
+    o = U.new_empty(B, N, C, Hv, Dv)  # written chunk by chunk in the output's layout
     for n in range(N):  # the only sequential part: one state hand-over per chunk
         v_new = torch.baddbmm(U[n], W[n], S, alpha=-1)  # (BH, C, Dv) = U - W S
-        outputs.append(torch.baddbmm(q_in[n] @ S, P[n], v_new))  # (BH, C, Dv)
+        o_n = torch.baddbmm(q_in[n] @ S, P[n], v_new)  # (BH, C, Dv)
+        o[:, n] = o_n.view(B, Hv, C, Dv).transpose(1, 2)
         S = torch.baddbmm(S * chunk_decay[n], k_out[n].transpose(-1, -2), v_new)  # (BH, Dk, Dv)
 
-    o = torch.stack(outputs).view(N, B, Hv, C, Dv).permute(1, 0, 3, 2, 4)  # (B, N, C, Hv, Dv)
-    o = o.reshape(B, N * C, Hv, Dv)[:, :T].to(out_dtype)  # (B, T, Hv, Dv)
+    o = o.view(B, N * C, Hv, Dv)[:, :T].to(out_dtype)  # (B, T, Hv, Dv)
     return o, S.reshape(B, Hv, Dk, Dv) if output_final_state else None
 
 
 def _chunked(x: torch.Tensor, N: int, C: int) -> torch.Tensor:
     """(B, T, H, D) -> (N, B, H, C, D) float32, zero-padded to N * C steps, in a single copy."""
     B, T, H, D = x.shape
-    out = x.new_zeros((N, B, H, C, D), dtype=torch.float32)
+    out = x.new_empty((N, B, H, C, D), dtype=torch.float32)
     whole, rest = divmod(T, C)
     if whole:
         out[:whole].copy_(x[:, : whole * C].reshape(B, whole, C, H, D).permute(1, 0, 3, 2, 4))
     if rest:
         out[whole, :, :, :rest].copy_(x[:, whole * C :].permute(0, 2, 1, 3))
+        out[whole, :, :, rest:].zero_()
     return out
 
 
