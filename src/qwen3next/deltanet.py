@@ -7,11 +7,13 @@ Rule over Sequence Length" (2024) for the chunked (WY / UT transform) form; Yang
 Mirrors ``Qwen3NextGatedDeltaNet``, ``torch_chunk_gated_delta_rule``, ``torch_recurrent_gated_delta_rule``,
 ``causal_conv1d_fn`` and ``causal_conv1d_update`` in ``transformers/models/qwen3_next``.
 
-The recurrence, per value head, with state ``S`` of shape ``(Dk, Dv)`` kept in float32::
+The recurrence, per value head, with the state kept in float32 as ``h = S^T`` of shape ``(Dk, Dv)``
+(``S`` is the book's ``d_v x d_k`` memory, ``o_t = S_t q_t``; ``h`` lets the token-per-row ``K`` and
+``V`` of a sequence multiply it directly)::
 
-    S_t = exp(g_t) S_{t-1}                                  # forget (gate, g_t <= 0)
-    S_t = S_t + k_t (beta_t (v_t - S_t^T k_t))^T            # delta rule: correct what S predicts for k_t
-    o_t = S_t^T q_t
+    h_t = exp(g_t) h_{t-1}                                  # forget (gate, g_t <= 0)
+    h_t = h_t + k_t (beta_t (v_t - h_t^T k_t))^T            # delta rule: correct what h predicts for k_t
+    o_t = h_t^T q_t
 
 Three ways to compute it, all with the reference's arguments and shapes:
 
@@ -95,7 +97,7 @@ def _to_heads_first(q, k, v, g, beta, use_qk_l2norm: bool):
     g, beta = (x.transpose(1, 2).float() for x in (g, beta))  # (B, Hv, T)
     if use_qk_l2norm:  # normalise before repeating: the same numbers, half the work
         q, k = l2_normalize(q), l2_normalize(k)
-    if Hv != Hk:  # value head h reads key head h // (Hv / Hk)
+    if Hv != Hk:  # value head j reads key head j // (Hv / Hk)
         q, k = (x.repeat_interleave(Hv // Hk, dim=1) for x in (q, k))
     q = q * q.shape[-1] ** -0.5
     return q, k, v, g, beta
@@ -127,18 +129,18 @@ def recurrent_gated_delta_rule(
     B, T, Hk, Hv, Dk, Dv = _check_inputs(q, k, v, g, beta, initial_state)
     out_dtype = v.dtype
     q, k, v, g, beta = _to_heads_first(q, k, v, g, beta, use_qk_l2norm_in_kernel)
-    S = _initial_state(initial_state, (B, Hv, Dk, Dv), v.device)  # (B, Hv, Dk, Dv)
+    h = _initial_state(initial_state, (B, Hv, Dk, Dv), v.device)  # (B, Hv, Dk, Dv)
     alpha = g.exp()  # (B, Hv, T) per-step decay in (0, 1]
     outputs = []
     for t in range(T):
         q_t, k_t, v_t = q[:, :, t], k[:, :, t], v[:, :, t]  # (B, Hv, D)
-        S = S * alpha[:, :, t, None, None]  # forget
-        prediction = (k_t.unsqueeze(-2) @ S).squeeze(-2)  # (B, Hv, Dv): what S recalls for k_t
+        h = h * alpha[:, :, t, None, None]  # forget
+        prediction = (k_t.unsqueeze(-2) @ h).squeeze(-2)  # (B, Hv, Dv): what h recalls for k_t
         delta = beta[:, :, t, None] * (v_t - prediction)  # (B, Hv, Dv): the correction to write
-        S = S + k_t.unsqueeze(-1) * delta.unsqueeze(-2)  # rank-1 update k_t delta^T
-        outputs.append((q_t.unsqueeze(-2) @ S).squeeze(-2))  # (B, Hv, Dv): read with q_t
+        h = h + k_t.unsqueeze(-1) * delta.unsqueeze(-2)  # rank-1 update k_t delta^T
+        outputs.append((q_t.unsqueeze(-2) @ h).squeeze(-2))  # (B, Hv, Dv): read with q_t
     o = torch.stack(outputs, dim=1) if T else v.new_zeros(B, 0, Hv, Dv)  # (B, T, Hv, Dv)
-    return o.to(out_dtype), S if output_final_state else None
+    return o.to(out_dtype), h if output_final_state else None
 
 
 # --------------------------------------------------------------------------------- chunked form
@@ -160,9 +162,9 @@ def chunk_gated_delta_rule(
     updates collapse into (UT transform)::
 
         U = (I + A)^-1 diag(beta) V                 W = (I + A)^-1 diag(beta exp(gamma)) K
-        V' = U - W S                                 (what is left to write once S is accounted for)
-        O = diag(exp(gamma)) Q S + tril(Q K^T * Gamma) V'
-        S <- exp(gamma_C) S + (diag(exp(gamma_C - gamma)) K)^T V'
+        V' = U - W h                                 (what is left to write once h is accounted for)
+        O = diag(exp(gamma)) Q h + tril(Q K^T * Gamma) V'
+        h <- exp(gamma_C) h + (diag(exp(gamma_C - gamma)) K)^T V'
 
     Only the last line is sequential across chunks, and it is a matrix product, not a token loop.
     """
@@ -170,9 +172,9 @@ def chunk_gated_delta_rule(
         raise ValueError(f"chunk_size: expected a positive integer, found {chunk_size!r}")
     B, T, Hk, Hv, Dk, Dv = _check_inputs(q, k, v, g, beta, initial_state)
     out_dtype, r = v.dtype, Hv // Hk
-    S = _initial_state(initial_state, (B, Hv, Dk, Dv), v.device)
+    h = _initial_state(initial_state, (B, Hv, Dk, Dv), v.device)
     if T == 0:
-        return v.new_zeros(B, 0, Hv, Dv).to(out_dtype), S if output_final_state else None
+        return v.new_zeros(B, 0, Hv, Dv).to(out_dtype), h if output_final_state else None
     C = min(chunk_size, T)  # a sequence shorter than a chunk is one chunk of its own length (no padding work)
     N = -(-T // C)  # chunks, the last one padded
 
@@ -211,16 +213,16 @@ def chunk_gated_delta_rule(
     BH = B * Hv
     U, W, P, q_in, k_out = (x.reshape(N, BH, C, x.shape[-1]) for x in (U, W, P, q_in, k_out))
     chunk_decay = chunk_decay.reshape(N, BH, 1, 1)
-    S = S.reshape(BH, Dk, Dv)
+    h = h.reshape(BH, Dk, Dv)
     o = U.new_empty(B, N, C, Hv, Dv)  # written chunk by chunk in the output's layout
     for n in range(N):  # the only sequential part: one state hand-over per chunk
-        v_new = torch.baddbmm(U[n], W[n], S, alpha=-1)  # (BH, C, Dv) = U - W S
-        o_n = torch.baddbmm(q_in[n] @ S, P[n], v_new)  # (BH, C, Dv)
+        v_new = torch.baddbmm(U[n], W[n], h, alpha=-1)  # (BH, C, Dv) = U - W h
+        o_n = torch.baddbmm(q_in[n] @ h, P[n], v_new)  # (BH, C, Dv)
         o[:, n] = o_n.view(B, Hv, C, Dv).transpose(1, 2)
-        S = torch.baddbmm(S * chunk_decay[n], k_out[n].transpose(-1, -2), v_new)  # (BH, Dk, Dv)
+        h = torch.baddbmm(h * chunk_decay[n], k_out[n].transpose(-1, -2), v_new)  # (BH, Dk, Dv)
 
     o = o.view(B, N * C, Hv, Dv)[:, :T].to(out_dtype)  # (B, T, Hv, Dv)
-    return o, S.reshape(B, Hv, Dk, Dv) if output_final_state else None
+    return o, h.reshape(B, Hv, Dk, Dv) if output_final_state else None
 
 
 def _chunked(x: torch.Tensor, N: int, C: int) -> torch.Tensor:
@@ -238,7 +240,7 @@ def _chunked(x: torch.Tensor, N: int, C: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ attention form
 def _mixing_matrices(q, k, g, beta):
-    """Heads-first inputs -> (M_qk, T_inv): ``O = M_qk (I + A)^-1 (diag(beta) V - ...)``, see below."""
+    """Heads-first inputs -> ``gamma`` (B, Hv, T), ``tril(Q K^T * Gamma)`` and ``T_inv = (I + A)^-1`` (B, Hv, T, T)."""
     T = q.shape[-2]
     gamma = g.cumsum(-1)  # (B, Hv, T)
     lower = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
@@ -285,18 +287,18 @@ def attention_form_gated_delta_rule(
     B, T, Hk, Hv, Dk, Dv = _check_inputs(q, k, v, g, beta, initial_state)
     out_dtype = v.dtype
     q, k, v, g, beta = _to_heads_first(q, k, v, g, beta, use_qk_l2norm_in_kernel)
-    S0 = _initial_state(initial_state, (B, Hv, Dk, Dv), v.device)  # (B, Hv, Dk, Dv)
+    h0 = _initial_state(initial_state, (B, Hv, Dk, Dv), v.device)  # (B, Hv, Dk, Dv)
     gamma, QK, T_inv = _mixing_matrices(q, k, g, beta)
-    decay_in = gamma.exp().unsqueeze(-1)  # (B, Hv, T, 1) decay since the start, applied to S0
+    decay_in = gamma.exp().unsqueeze(-1)  # (B, Hv, T, 1) decay since the start, applied to h0
     # the values still to be written once the initial state's own prediction is subtracted
-    v_new = T_inv @ (beta.unsqueeze(-1) * (v - decay_in * (k @ S0)))  # (B, Hv, T, Dv)
-    o = decay_in * (q @ S0) + QK @ v_new  # (B, Hv, T, Dv)
-    S = None
+    v_new = T_inv @ (beta.unsqueeze(-1) * (v - decay_in * (k @ h0)))  # (B, Hv, T, Dv)
+    o = decay_in * (q @ h0) + QK @ v_new  # (B, Hv, T, Dv)
+    h = None
     if output_final_state:
         decay_to_end = (gamma[..., -1:] - gamma).exp().unsqueeze(-1) if T else gamma.unsqueeze(-1)
         total = gamma[..., -1].exp()[..., None, None] if T else 1.0
-        S = total * S0 + (decay_to_end * k).transpose(-1, -2) @ v_new
-    return o.transpose(1, 2).contiguous().to(out_dtype), S
+        h = total * h0 + (decay_to_end * k).transpose(-1, -2) @ v_new
+    return o.transpose(1, 2).contiguous().to(out_dtype), h
 
 
 # ---------------------------------------------------------------------------- causal convolution
@@ -459,9 +461,9 @@ class GatedDeltaNet(nn.Module):
         if cache is not None and not isinstance(cache, DeltaNetState):
             raise TypeError(f"cache: expected a DeltaNetState, found {type(cache).__name__}")
         conv_state = cache.conv_state if cache is not None else None
-        S = cache.recurrent_state if cache is not None else None
-        if S is not None and S.shape[0] != B:
-            raise ValueError(f"cache: holds a batch of {S.shape[0]} sequences, x has {B}")
+        h = cache.recurrent_state if cache is not None else None
+        if h is not None and h.shape[0] != B:
+            raise ValueError(f"cache: holds a batch of {h.shape[0]} sequences, x has {B}")
 
         q, k, v, z, b, a = self.split_projections(self.in_proj_qkvz(x), self.in_proj_ba(x))
         # the short conv runs over [q | k | v] (all heads flattened), channels first
@@ -474,14 +476,14 @@ class GatedDeltaNet(nn.Module):
         v = v.reshape(B, T, self.num_v_heads, self.head_v_dim)
         beta, g = self.gates(b, a)
 
-        if S is not None and T == 1:  # decoding: the plain loop is one step
-            o, S = recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=S, output_final_state=True,
+        if h is not None and T == 1:  # decoding: the plain loop is one step
+            o, h = recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=h, output_final_state=True,
                                               use_qk_l2norm_in_kernel=True)
         else:
-            o, S = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size, initial_state=S,
+            o, h = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size, initial_state=h,
                                           output_final_state=cache is not None, use_qk_l2norm_in_kernel=True)
         if cache is not None:
-            cache.conv_state, cache.recurrent_state = new_conv_state, S
+            cache.conv_state, cache.recurrent_state = new_conv_state, h
 
         o = self.norm(o, z)  # (B, T, Hv, Dv): per value head, gated by z
         return self.out_proj(o.reshape(B, T, self.value_dim))
