@@ -382,3 +382,15 @@ def test_exercise_checks_ch06():
 
     assert ex.check_deinterleave(deinterleave)
     assert not ex.check_deinterleave(lambda W, cfg: W)  # the interleaved order itself
+
+
+def test_exercise_checks_answer_the_placeholder(capsys):
+    from qwen3next.exercises import UNANSWERED
+    from qwen3next.exercises import ch05_delta_rule as ex5
+    from qwen3next.exercises import ch06_gated_deltanet as ex6
+
+    checks = [ex5.check_delta_step, ex5.check_mixing_diagonal, ex5.check_half_life,
+              ex6.check_deltanet_params, ex6.check_state_mib, ex6.check_deinterleave]
+    assert not any(check(...) for check in checks)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(checks) and all(ln.startswith("Not yet. Hint: " + UNANSWERED) for ln in lines), lines
