@@ -90,6 +90,7 @@ BROKEN_PAGE = """<!DOCTYPE html><html><head><title>broken</title>
 <a href="https://colab.research.google.com/github/someone/else/blob/main/chapters/00_x.ipynb">Colab</a>
 <div class="cell tag_solution"><div class="cell_input"><pre>answer = 42</pre></div></div>
 <details open><summary>Solution</summary>because.</details>
+<div class="cell_output"><script type="application/vnd.jupyter.widget-view+json">{"model_id": "x"}</script></div>
 <script>throw new Error("boom");</script>
 <div id="top"></div></body></html>"""
 
@@ -124,6 +125,7 @@ def test_checker_reports_each_kind_of_fault(tmp_path):
         "clicking a folded solution does not show it",
         "1 worded solutions are open",
         "shows 0 figures from its cells",
+        "1 ipywidgets outputs that draw nothing without a kernel",
     ]
     missing = [e for e in expected if e not in problems]
     assert not missing, f"the checker missed {missing}; it reported:\n{problems}"

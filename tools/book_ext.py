@@ -10,10 +10,17 @@ relative to ``_static``.
 sphinx-thebe and sphinx-togglebutton register theirs after the builder is initialised, so every page
 got ``const THEBE_JS_URL = ...`` twice and the second copy threw a SyntaxError in the browser.
 ``_dedupe_scripts`` drops exact repeats from each page's script list.
+
+**Widgets.** The HTML book has no kernel, so an ipywidgets control cannot do anything there, and
+myst-nb would fetch require.js and the widget manager from CDNs to draw it. ``_config.yml`` sets
+``nb_ipywidgets_js: {}`` (nothing is fetched); ``_widget_notes`` drops the saved widget state from the
+page and puts, where each widget would be, a note that the widget is live in Colab or Jupyter. Each
+chapter shows a static figure beside its widgets (DESIGN.md).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -67,8 +74,23 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
     context["script_files"] = unique
 
 
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = re.compile(r'<script type="application/vnd\.jupyter\.widget-view\+json">.*?</script>', re.S)
+WIDGET_NOTE = ('<p class="widget-note"><em>An interactive widget is here when this chapter runs in Colab '
+               'or Jupyter (the rocket button at the top opens it in Colab).</em></p>')
+
+
+def _widget_notes(app, pagename, templatename, context, doctree) -> None:
+    scripts = context.get("script_files") or []
+    context["script_files"] = [js for js in scripts
+                               if (getattr(js, "attributes", {}) or {}).get("type") != WIDGET_STATE]
+    if "body" in context and "widget-view+json" in context["body"]:
+        context["body"] = WIDGET_VIEW.sub(WIDGET_NOTE, context["body"])
+
+
 def setup(app):
     app.connect("builder-inited", _check)
     app.connect("build-finished", _copy)
     app.connect("html-page-context", _dedupe_scripts)
+    app.connect("html-page-context", _widget_notes)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -269,6 +269,7 @@ PROBE = r"""
   imgs.forEach(i => { i.loading = 'eager'; });
   out.images = imgs.length;
   out.output_figures = document.querySelectorAll('.cell_output img').length;
+  out.dead_widgets = document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length;
   out.broken_images = (await Promise.all(imgs.map(i => i.decode().then(
       () => null, () => (i.complete && i.naturalWidth > 0 ? null : (i.getAttribute('src') || '(no src)'))))))
       .filter(x => x);
@@ -431,6 +432,8 @@ def check_page(browser: Browser, page: str, base: str, root: Path, repo: Path, i
         problems.append(f"{page}: clicking a folded solution does not show it")
     if info["open_worded_solutions"]:
         problems.append(f"{page}: {info['open_worded_solutions']} worded solutions are open (<details open>)")
+    if info["dead_widgets"]:
+        problems.append(f"{page}: {info['dead_widgets']} ipywidgets outputs that draw nothing without a kernel")
     for src in info["broken_images"]:
         problems.append(f"{page}: image does not load: {src}")
     problems += check_links(page, info["links"], base, root, ids_cache)
