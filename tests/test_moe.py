@@ -365,16 +365,19 @@ def test_only_hit_experts_are_touched(dispatch):
     torch.manual_seed(8)
     cfg = tiny_cfg(num_experts=32, num_experts_per_tok=3)
     block = SparseMoeBlock(cfg)
-    x = torch.randn(1, 4, cfg.hidden_size)
-    expected, logits = block(x, dispatch=dispatch)
-    hit = set(route(logits, 3)[1].flatten().tolist())
-    assert len(hit) < 32  # the check below would be vacuous otherwise
-    block.experts = RecordingExperts(block.experts)
-    y, _ = block(x, dispatch=dispatch)
-    assert torch.equal(y, expected)
-    assert set(block.experts.touched) == hit
-    if dispatch == "sorted":
-        assert len(block.experts.touched) == len(hit)  # each hit expert fetched exactly once
+    experts = block.experts
+    for T in (4, 1):  # several tokens, and one (decoding)
+        block.experts = experts
+        x = torch.randn(1, T, cfg.hidden_size)
+        expected, logits = block(x, dispatch=dispatch)
+        hit = set(route(logits, 3)[1].flatten().tolist())
+        assert len(hit) < 32  # the check below would be vacuous otherwise
+        block.experts = RecordingExperts(experts)
+        y, _ = block(x, dispatch=dispatch)
+        assert torch.equal(y, expected)
+        assert set(block.experts.touched) == hit
+        if dispatch == "sorted":
+            assert len(block.experts.touched) == len(hit)  # each hit expert fetched exactly once
 
 
 def test_empty_input_and_errors():

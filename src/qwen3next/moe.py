@@ -146,6 +146,10 @@ def experts_sorted(
 ) -> torch.Tensor:
     """Routed experts after one sort by expert: x (N, H), top_i / top_w (N, k) -> (N, H)."""
     N, k = top_i.shape
+    if N == 1:  # decoding one token: its k experts are distinct, nothing to sort
+        with matvec_kernels(x):
+            y = torch.cat([swiglu(x, experts[e]) for e in top_i[0].tolist()]) * top_w[0, :, None]  # (k, H)
+        return y.sum(dim=0, keepdim=True, dtype=torch.float32).to(x.dtype)  # (1, H)
     order, hit, counts = _sort_by_expert(top_i)
     x_sorted = x[order // k]  # (N*k, H): row j is the token of assignment order[j]
     slices = x_sorted.split(counts)  # a contiguous slice of rows per hit expert
