@@ -194,11 +194,24 @@ class Qwen3NextForCausalLM(nn.Module):
         """Fill every parameter as the reference does; nothing to fill on the meta device."""
         if self.lm_head.weight.is_meta:
             return
-        self.apply(self._init_weights)
+        filled = set()
+
+        def init(module):
+            if self._init_weights(module):
+                filled.update(id(p) for p in module.parameters(recurse=False))
+
+        self.apply(init)  # children before parents, like the reference's post_init
+        # construction skipped torch's default fill, so a parameter we do not know would hold garbage
+        missed = [name for name, p in self.named_parameters() if id(p) not in filled]
+        if missed:
+            raise RuntimeError(f"init_weights: no initialisation rule for parameters {missed[:5]}")
 
     @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        """The reference's random initialisation (``Qwen3NextPreTrainedModel._init_weights``)."""
+    def _init_weights(self, module: nn.Module) -> bool:
+        """The reference's random initialisation (``Qwen3NextPreTrainedModel._init_weights``).
+
+        Fills ``module``'s own parameters; returns whether it knew how.
+        """
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv1d)):
             module.weight.normal_(0.0, std)
@@ -214,6 +227,9 @@ class Qwen3NextForCausalLM(nn.Module):
             module.dt_bias.fill_(1.0)
             # decay rates A spread over [0.01, 16]; the lower bound keeps log(A) finite
             module.A_log.copy_(torch.empty_like(module.A_log).uniform_(0.01, 16).log_())
+        else:
+            return False
+        return True
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | None = None, device="cpu", offload_experts: bool = False):
