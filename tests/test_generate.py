@@ -161,9 +161,12 @@ def test_bad_settings_raise_clear_errors(model):
 
 @torch.no_grad()
 def test_public_name_generates(model):
-    """``from qwen3next import generate`` gives something that generates, whatever was imported first."""
+    """``from qwen3next import generate`` is the function, even after the submodule was imported."""
     import qwen3next
+    import qwen3next.generate  # noqa: F401  (the submodule of the same name)
     from qwen3next import generate as public
+
+    assert public is generate and qwen3next.generate is generate
 
     ids = torch.randint(0, model.config.vocab_size, (1, 4))
     assert torch.equal(public(model, ids, 3), generate(model, ids, 3))

@@ -1,11 +1,15 @@
 """Qwen3-Next-80B-A3B from first principles: the package behind the book.
 
 The public interface (see DESIGN.md): ``Qwen3NextConfig``, ``Qwen3NextForCausalLM``, ``Tokenizer``,
-``generate``. Names are imported lazily so that ``import qwen3next`` stays fast and each chapter only
-pays for the modules it uses.
+``generate``. The model and the tokenizer are imported lazily so that ``import qwen3next`` stays fast
+and each chapter only pays for the modules it uses.
 """
 
 from importlib import import_module
+
+# Bound eagerly: the submodule ``qwen3next.generate`` shares the function's name, and importing the
+# submodule first would otherwise leave the *module* under ``qwen3next.generate``.
+from .generate import generate
 
 __version__ = "0.1.0"
 
@@ -13,10 +17,9 @@ _PUBLIC = {
     "Qwen3NextConfig": "config",
     "Qwen3NextForCausalLM": "model",
     "Tokenizer": "tokenizer",
-    "generate": "generate",
 }
 
-__all__ = [*_PUBLIC, "__version__"]
+__all__ = [*_PUBLIC, "generate", "__version__"]
 
 
 def __getattr__(name):

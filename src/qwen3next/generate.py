@@ -15,8 +15,6 @@ head is not built here).
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -206,17 +204,3 @@ def _streamer_methods(streamer):
         return streamer, None
     raise TypeError(f"streamer: expected a callable or an object with put()/end(), found {type(streamer).__name__}")
 
-
-class _CallableModule(types.ModuleType):
-    """This module, callable: ``qwen3next.generate(...)`` is ``qwen3next.generate.generate(...)``.
-
-    Python binds the package attribute ``qwen3next.generate`` to this *module* as soon as it is
-    imported, which would hide the function of the same name that ``from qwen3next import generate``
-    promises (DESIGN.md). Making the module callable keeps that promise in any import order.
-    """
-
-    def __call__(self, *args, **kwargs):
-        return generate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
