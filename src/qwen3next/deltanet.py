@@ -412,6 +412,8 @@ class GatedDeltaNet(nn.Module):
     def reset_parameters(self, std: float = 0.02) -> None:
         """The reference's initialisation: N(0, std) projections and conv, dt_bias = 1,
         A = exp(A_log) uniform in [0.01, 16] (so each head starts with its own forgetting speed)."""
+        if self.A_log.is_meta:  # shapes only: nothing to fill (and normal_ on meta is slow to set up)
+            return
         for layer in (self.in_proj_qkvz, self.in_proj_ba, self.conv1d, self.out_proj):
             layer.weight.normal_(0.0, std)
         self.dt_bias.fill_(1.0)
@@ -468,7 +470,11 @@ class GatedDeltaNet(nn.Module):
         q, k, v, z, b, a = self.split_projections(self.in_proj_qkvz(x), self.in_proj_ba(x))
         # the short conv runs over [q | k | v] (all heads flattened), channels first
         qkv = torch.cat([q.reshape(B, T, -1), k.reshape(B, T, -1), v.reshape(B, T, -1)], dim=-1).transpose(1, 2)
-        qkv, new_conv_state = causal_conv1d(qkv, self.conv1d.weight.squeeze(1), conv_state)  # (B, conv_dim, T)
+        if conv_state is not None and T == 1:  # decoding: slide the conv window by one, in place
+            qkv = causal_conv1d_step(qkv[..., 0], self.conv1d.weight.squeeze(1), conv_state).unsqueeze(-1)
+            new_conv_state = conv_state
+        else:
+            qkv, new_conv_state = causal_conv1d(qkv, self.conv1d.weight.squeeze(1), conv_state)  # (B, conv_dim, T)
         qkv = F.silu(qkv).transpose(1, 2)  # (B, T, conv_dim)
         q, k, v = torch.split(qkv, [self.key_dim, self.key_dim, self.value_dim], dim=-1)
         q = q.reshape(B, T, self.num_k_heads, self.head_k_dim)
