@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ def built_site() -> Path:
 
 
 def test_every_page_in_chromium(built_site):
+    shutil.rmtree(REPO / "artifacts" / "screenshots", ignore_errors=True)  # only this run's pictures
     problems = check_site.check_site(built_site, REPO, screenshots=REPO / "artifacts" / "screenshots",
                                      search="glossary", search_expect="book/glossary.html")
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems)
