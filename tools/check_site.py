@@ -524,7 +524,8 @@ def main(argv=None) -> int:
     ap.add_argument("--search", default="DeltaNet")
     ap.add_argument("--repo", default=str(REPO), help="the book's source (for _config.yml, _toc.yml, notebooks)")
     args = ap.parse_args(argv)
-    shutil.rmtree(args.screenshots, ignore_errors=True)  # only this run's pictures
+    for old in Path(args.screenshots).glob("*.png"):  # only this run's pictures
+        old.unlink()
     problems = check_site(Path(args.site), Path(args.repo), Path(args.screenshots), args.search)
     for p in problems:
         print("PROBLEM", p)
