@@ -306,3 +306,23 @@ def test_decode_step_matches_reference_with_its_cache():
         y = ours(x[:, 6:], cos[:, 6:], sin[:, 6:], cache=cache)
     assert max_abs_diff(y, y_ref) <= 1e-5
     assert max_abs_diff(cache.key, ref_cache.layers[3].keys) <= 1e-6
+
+
+def test_kv_cache_buffer_matches_concatenation_and_keeps_handed_out_tensors():
+    """The growing buffer holds exactly what concatenating every step would; a crop cannot corrupt
+    tensors returned before it."""
+    torch.manual_seed(0)
+    cache = KVCache()
+    ks = [torch.randn(2, 3, t, 4) for t in (5, 1, 1, 70, 1, 2)]
+    for k in ks:
+        k_all, v_all = cache.update(k, -k)
+    expected = torch.cat(ks, dim=2)
+    assert torch.equal(k_all, expected) and torch.equal(v_all, -expected) and cache.length == 80
+    assert cache.nbytes() == 2 * expected.numel() * 4  # the cached tokens, not the spare room
+    before = k_all.clone()
+    cache.crop(78)
+    cache.update(torch.zeros(2, 3, 2, 4), torch.zeros(2, 3, 2, 4))
+    assert torch.equal(k_all, before)
+    assert torch.equal(cache.key[:, :, :78], expected[:, :, :78]) and cache.key[:, :, 78:].abs().sum() == 0
+    cache.update(torch.ones(2, 3, 1, 4, dtype=torch.float64), torch.ones(2, 3, 1, 4, dtype=torch.float64))
+    assert cache.key.dtype == torch.float32 and cache.length == 81

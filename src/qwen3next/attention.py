@@ -45,16 +45,30 @@ class KVCache:
 
     ``key`` / ``value``: ``(B, Hkv, S, D)`` after RoPE (``None`` while empty). Memory grows linearly with
     the number of cached tokens ``S``: ``2 * B * Hkv * S * D`` elements per layer.
+
+    Appending one token with ``torch.cat`` would copy all ``S`` cached tokens at every decoding step.
+    Instead, once tokens are appended to a non-empty cache, the keys and values live in buffers with
+    room to spare (half as many tokens again, at least 64), and ``key`` / ``value`` are views of their
+    first ``S`` slots: a step writes one slot, and the buffers are reallocated only when full.
     """
 
     def __init__(self) -> None:
-        self.key: torch.Tensor | None = None
-        self.value: torch.Tensor | None = None
+        self._key: torch.Tensor | None = None  # (B, Hkv, capacity, D)
+        self._value: torch.Tensor | None = None
+        self._length = 0
+
+    @property
+    def key(self) -> torch.Tensor | None:
+        return None if self._key is None else self._key[:, :, : self._length]
+
+    @property
+    def value(self) -> torch.Tensor | None:
+        return None if self._value is None else self._value[:, :, : self._length]
 
     @property
     def length(self) -> int:
         """How many tokens are cached."""
-        return 0 if self.key is None else self.key.shape[2]
+        return self._length
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append ``k, v (B, Hkv, T, D)``; return all keys and values ``(B, Hkv, S + T, D)``."""
@@ -62,42 +76,56 @@ class KVCache:
             raise ValueError(
                 f"k, v: expected two (B, Hkv, T, D) tensors of one shape, found {tuple(k.shape)} and {tuple(v.shape)}"
             )
-        if self.key is None:
-            self.key, self.value = k, v
-        else:
-            if k.shape[:2] != self.key.shape[:2] or k.shape[3] != self.key.shape[3]:
-                raise ValueError(
-                    f"k: cache holds (B, Hkv, *, D) = {tuple(self.key.shape)}, cannot append {tuple(k.shape)}"
-                )
-            self.key = torch.cat((self.key, k.to(self.key.dtype)), dim=2)  # (B, Hkv, S + T, D)
-            self.value = torch.cat((self.value, v.to(self.value.dtype)), dim=2)
+        if self._key is None:  # the prompt: keep the tensors as they are, no spare room yet
+            self._key, self._value, self._length = k, v, k.shape[2]
+            return self.key, self.value
+        if k.shape[:2] != self._key.shape[:2] or k.shape[3] != self._key.shape[3]:
+            raise ValueError(
+                f"k: cache holds (B, Hkv, *, D) = {tuple(self.key.shape)}, cannot append {tuple(k.shape)}"
+            )
+        S, T = self._length, k.shape[2]
+        if S + T > self._key.shape[2]:  # full: move to buffers with room for more tokens
+            self._key, self._value = (self._grow(buf, S + T) for buf in (self._key, self._value))
+        self._key[:, :, S : S + T] = k  # (B, Hkv, T, D) written in place, cast to the cache's dtype
+        self._value[:, :, S : S + T] = v
+        self._length = S + T
         return self.key, self.value
+
+    def _grow(self, buf: torch.Tensor, needed: int) -> torch.Tensor:
+        """A copy of the cached tokens of ``buf`` in a buffer of ``needed`` slots plus spare room."""
+        B, Hkv, _, D = buf.shape
+        capacity = needed + max(64, needed // 2)  # geometric growth: O(1) copying per token on average
+        new = buf.new_empty(B, Hkv, capacity, D)
+        new[:, :, : self._length] = buf[:, :, : self._length]
+        return new
 
     def select(self, batch_index: torch.Tensor) -> None:
         """Keep (and reorder) the batch rows ``batch_index``, in place: beam search, dropping finished rows."""
-        if self.key is not None:
-            batch_index = batch_index.to(self.key.device)
-            self.key = self.key.index_select(0, batch_index)
-            self.value = self.value.index_select(0, batch_index)
+        if self._key is not None:
+            batch_index = batch_index.to(self._key.device)
+            self._key = self.key.index_select(0, batch_index)
+            self._value = self.value.index_select(0, batch_index)
 
     def crop(self, length: int) -> None:
         """Forget every token after the first ``length`` (e.g. rejected speculative tokens)."""
         if not 0 <= length <= self.length:
             raise ValueError(f"length: expected 0..{self.length} (tokens cached), found {length}")
-        if self.key is not None:
+        if self._key is not None:
             if length == 0:
-                self.key = self.value = None
+                self._key = self._value = None
             else:
-                self.key, self.value = self.key[:, :, :length], self.value[:, :, :length]
+                # drop the spare room too: the next append then cannot overwrite tensors handed out before
+                self._key, self._value = self._key[:, :, :length], self._value[:, :, :length]
+            self._length = length
 
     def nbytes(self) -> int:
-        """Bytes held by the cached keys and values."""
-        if self.key is None:
+        """Bytes held by the cached keys and values (the ``S`` tokens; not the spare room of the buffers)."""
+        if self._key is None:
             return 0
         return self.key.numel() * self.key.element_size() + self.value.numel() * self.value.element_size()
 
     def __repr__(self) -> str:
-        shape = None if self.key is None else tuple(self.key.shape)
+        shape = None if self._key is None else tuple(self.key.shape)
         return f"KVCache(length={self.length}, key_shape={shape})"
 
 
@@ -149,11 +177,27 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: 
     return torch.matmul(weights, v)  # (B, H, T, D)
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """The fast kernel: PyTorch's fused scaled-dot-product attention, same arguments as :func:`eager_attention`."""
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None
+) -> torch.Tensor:
+    """The fast kernel: PyTorch's fused scaled-dot-product attention, same arguments as :func:`eager_attention`.
+
+    ``allowed=None`` means causal with no padding: the kernel then needs no mask tensor at all (one new
+    token sees every key; a prompt with nothing cached uses the kernel's own causal masking, which also
+    skips the blocks above the diagonal).
+    """
     # enable_gqa: each group of H / Hkv query heads reads its kv head without copying it H / Hkv times
     gqa = q.shape[1] != k.shape[1]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=q.shape[-1] ** -0.5, enable_gqa=gqa)
+    T, S = q.shape[2], k.shape[2]
+    causal = False
+    if allowed is None and T > 1:
+        if T == S:
+            causal = True
+        else:  # a chunk of several new tokens after a cached prefix: spell the causal mask out
+            allowed = attention_mask_bool(None, q.shape[0], S - T, T, q.device)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=allowed, is_causal=causal, scale=q.shape[-1] ** -0.5, enable_gqa=gqa
+    )
 
 
 KERNELS = {"eager": eager_attention, "sdpa": sdpa_attention}
@@ -219,7 +263,10 @@ class GatedAttention(nn.Module):
         if cache is not None:
             past = cache.length
             k, v = cache.update(k, v)  # (B, Hkv, past + T, D)
-        allowed = attention_mask_bool(attention_mask, B, past, T, x.device)  # (B or 1, 1, T, past + T)
+        if attention_mask is None and self.implementation == "sdpa":
+            allowed = None  # causal and unpadded: the fused kernel masks by itself, no mask tensor to build
+        else:
+            allowed = attention_mask_bool(attention_mask, B, past, T, x.device)  # (B or 1, 1, T, past + T)
         out = KERNELS[self.implementation](q, k, v, allowed)  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(B, T, -1)  # (B, T, H D)
         out = out * torch.sigmoid(gate)  # each feature of each head has its own gate in (0, 1)

@@ -50,6 +50,7 @@ __all__ = [
     "delta_rule_mixing_matrix",
     "causal_conv1d",
     "causal_conv1d_step",
+    "recurrent_gated_delta_step",
     "DeltaNetState",
     "GatedDeltaNet",
 ]
@@ -141,6 +142,30 @@ def recurrent_gated_delta_rule(
         outputs.append((q_t.unsqueeze(-2) @ h).squeeze(-2))  # (B, Hv, Dv): read with q_t
     o = torch.stack(outputs, dim=1) if T else v.new_zeros(B, 0, Hv, Dv)  # (B, T, Hv, Dv)
     return o.to(out_dtype), h if output_final_state else None
+
+
+def recurrent_gated_delta_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, h: torch.Tensor
+) -> torch.Tensor:
+    """One token of :func:`recurrent_gated_delta_rule` (L2-normalised q and k), updating ``h`` in place.
+
+    q, k: (B, Hk, Dk); v: (B, Hv, Dv); g, beta: (B, Hv); h: (B, Hv, Dk, Dv) float32, contiguous.
+    Returns o (B, Hv, Dv) in v's dtype. The decoding path: no time axis, no copy of the state, and the
+    r = Hv / Hk value heads of a key head read its q and k by broadcasting instead of repeating them.
+    """
+    B, Hk, Dk = q.shape
+    Hv, Dv = v.shape[1], v.shape[2]
+    r = Hv // Hk
+    q = l2_normalize(q.float()) * Dk**-0.5  # (B, Hk, Dk)
+    k = l2_normalize(k.float())
+    h_grouped = h.view(B, Hk, r, Dk, Dv)  # value head j of key head i is row i * r + j
+    h_grouped.mul_(g.float().exp().view(B, Hk, r, 1, 1))  # forget
+    k_row = k.view(B, Hk, 1, 1, Dk)
+    prediction = k_row @ h_grouped  # (B, Hk, r, 1, Dv): what h recalls for k
+    delta = beta.float().view(B, Hk, r, 1, 1) * (v.float().view(B, Hk, r, 1, Dv) - prediction)  # (B, Hk, r, 1, Dv)
+    h_grouped.add_(k.view(B, Hk, 1, Dk, 1) * delta)  # rank-1 update k delta^T
+    o = q.view(B, Hk, 1, 1, Dk) @ h_grouped  # (B, Hk, r, 1, Dv): read with q
+    return o.view(B, Hv, Dv).to(v.dtype)
 
 
 # --------------------------------------------------------------------------------- chunked form
@@ -482,9 +507,9 @@ class GatedDeltaNet(nn.Module):
         v = v.reshape(B, T, self.num_v_heads, self.head_v_dim)
         beta, g = self.gates(b, a)
 
-        if h is not None and T == 1:  # decoding: the plain loop is one step
-            o, h = recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=h, output_final_state=True,
-                                              use_qk_l2norm_in_kernel=True)
+        if h is not None and T == 1:  # decoding: one step of the recurrence, on the cached state in place
+            h = h if h.dtype == torch.float32 and h.is_contiguous() else h.float().contiguous()
+            o = recurrent_gated_delta_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], h).unsqueeze(1)
         else:
             o, h = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size, initial_state=h,
                                           output_final_state=cache is not None, use_qk_l2norm_in_kernel=True)

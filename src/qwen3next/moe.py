@@ -151,7 +151,8 @@ def experts_sorted(
             y = torch.cat([swiglu(x, experts[e]) for e in top_i[0].tolist()]) * top_w[0, :, None]  # (k, H)
         return y.sum(dim=0, keepdim=True, dtype=torch.float32).to(x.dtype)  # (1, H)
     order, hit, counts = _sort_by_expert(top_i)
-    x_sorted = x[order // k]  # (N*k, H): row j is the token of assignment order[j]
+    # index_select rather than x[...]: the same gather, several times faster for whole rows on a CPU
+    x_sorted = x.index_select(0, order // k)  # (N*k, H): row j is the token of assignment order[j]
     slices = x_sorted.split(counts)  # a contiguous slice of rows per hit expert
     outs: list[torch.Tensor | None] = [None] * len(hit)
     with matvec_kernels(x):  # experts that got a single token: matrix-vector products
@@ -159,10 +160,10 @@ def experts_sorted(
             outs[j] = swiglu(slices[j], experts[hit[j]])  # (1, H)
     for j in (j for j, c in enumerate(counts) if c > 1):
         outs[j] = swiglu(slices[j], experts[hit[j]])  # (n_e, H)
-    y_sorted = torch.cat(outs) * top_w.reshape(-1)[order, None]  # (N*k, H)
+    y_sorted = torch.cat(outs) * top_w.reshape(-1).index_select(0, order)[:, None]  # (N*k, H)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
-    y = y_sorted[inverse].view(N, k, -1)  # (N, k, H) back in token order
+    y = y_sorted.index_select(0, inverse).view(N, k, -1)  # (N, k, H) back in token order
     return y.sum(dim=1, dtype=torch.float32).to(x.dtype)  # sum the k slots in float32
 
 
