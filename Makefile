@@ -46,7 +46,7 @@ check-book: venv chromium
 student: venv
 	$(PY) tools/make_student.py -o student
 
-test-unit: venv
+test-unit: venv chromium
 	$(VENV)/bin/pytest tests
 
 test-chapters: venv
