@@ -156,3 +156,4 @@ def test_first_chapter_runs_in_simulated_colab(tmp_path):
     assert seen["versions"].startswith("python ")
     assert "transformers 5.24.0" in seen["versions"], seen["versions"]  # the pinned reference was installed
     assert Path(seen["qwen3next"]).is_relative_to(tmp_path)
+    assert seen["figures"] >= 2

@@ -13,8 +13,8 @@ What it does, in a temporary folder:
    with ``QWEN3NEXT_INSTALL=file://<copy>``, so the chapter's first cell installs
    ``qwen3next[book]`` from the copy exactly as it installs it from GitHub in Colab;
 4. appends one cell that reports where ``qwen3next`` and ``transformers`` were imported from, and
-   checks that they came from the fresh environment (not from this checkout) and that the set-up cell
-   printed the versions line.
+   checks that they came from the fresh environment (not from this checkout), that the set-up cell
+   printed the versions line and that the chapter drew its figures (Colab's inline backend).
 
 It prints the time of each step and exits 1 on any failure.
 """
@@ -88,10 +88,11 @@ def copy_repo(repo: Path, dest: Path) -> None:
 def clean_env(**extra) -> dict:
     """This process's environment without anything that points Python at this checkout."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONSTARTUP") and not k.startswith("JUPYTER")}
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONSTARTUP", "MPLBACKEND")
+           and not k.startswith("JUPYTER")}  # Colab's kernel draws with the inline backend
     # PIP_NO_COMPILE: no byte-compiling of every installed file (torch, transformers), which would be
     # most of the install time; Python compiles what it imports anyway
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg", PYTHONHASHSEED="0",
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONHASHSEED="0",
                PIP_NO_COMPILE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", **extra)
     return env
 
@@ -154,10 +155,15 @@ def simulate(notebook: Path, workdir: Path, log=print) -> dict:
         if not Path(seen[name]).resolve().is_relative_to(venv.resolve()):
             raise RuntimeError(f"{name} was imported from {seen[name]}, not from the fresh environment {venv}: "
                                "the set-up cell did not install it")
+    figures = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+    if figures < 2:
+        raise RuntimeError(f"{notebook.name} drew {figures} figures in the simulated Colab (inline backend); "
+                           "a chapter draws at least 2")
     versions = first_cell_output(nb)
     if not VERSIONS_LINE.search(versions):
         raise RuntimeError(f"the set-up cell did not print the versions line; it printed {versions!r}")
-    seen.update(times=times, versions=VERSIONS_LINE.search(versions).group(0), chapter_seconds=result["seconds"])
+    seen.update(times=times, versions=VERSIONS_LINE.search(versions).group(0), chapter_seconds=result["seconds"],
+                figures=figures)
     for step, secs in times.items():
         log(f"{step}: {secs:.1f} s")
     log(seen["versions"])
