@@ -18,6 +18,7 @@ The recurrence, per value head, with the state kept in float32 as ``h = S^T`` of
 Three ways to compute it, all with the reference's arguments and shapes:
 
 * :func:`recurrent_gated_delta_rule`: the loop above, one token at a time (decoding);
+  :func:`recurrent_gated_delta_step` is its body for a single token, updating a cached state in place;
 * :func:`chunk_gated_delta_rule`: the chunked form; inside a chunk the sequential updates are folded
   into matrix products by the UT transform, across chunks the state is carried (prefill, training);
 * :func:`attention_form_gated_delta_rule`: one ``(T, T)`` token-mixing matrix, like softmax attention
