@@ -326,3 +326,17 @@ def test_kv_cache_buffer_matches_concatenation_and_keeps_handed_out_tensors():
     assert torch.equal(cache.key[:, :, :78], expected[:, :, :78]) and cache.key[:, :, 78:].abs().sum() == 0
     cache.update(torch.ones(2, 3, 1, 4, dtype=torch.float64), torch.ones(2, 3, 1, 4, dtype=torch.float64))
     assert cache.key.dtype == torch.float32 and cache.length == 81
+
+
+def test_sdpa_without_mask_is_causal_attention():
+    """``allowed=None`` (nothing padded) gives what the explicit causal mask gives: a prompt, one new
+    token, and a chunk of new tokens after a cached prefix."""
+    from qwen3next.attention import sdpa_attention
+
+    torch.manual_seed(0)
+    k, v = torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
+    for past, new in ((0, 9), (8, 1), (5, 4)):
+        q = torch.randn(2, 4, new, 8)
+        allowed = attention_mask_bool(None, 2, past, new, q.device)
+        expected = eager_attention(q, k, v, allowed)
+        assert max_abs_diff(sdpa_attention(q, k, v, None), expected) <= 1e-5

@@ -394,3 +394,22 @@ def test_exercise_checks_answer_the_placeholder(capsys):
     assert not any(check(...) for check in checks)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(checks) and all(ln.startswith("Not yet. Hint: " + UNANSWERED) for ln in lines), lines
+
+
+def test_single_step_matches_the_loop_and_updates_the_state_in_place():
+    """``recurrent_gated_delta_step`` is one iteration of ``recurrent_gated_delta_rule`` (with
+    L2-normalised q and k), Hv a multiple of Hk, writing the new state into the tensor it was given."""
+    from qwen3next.deltanet import recurrent_gated_delta_step
+
+    torch.manual_seed(0)
+    B, Hk, Hv, Dk, Dv = 2, 2, 4, 8, 6
+    q, k = torch.randn(B, 1, Hk, Dk), torch.randn(B, 1, Hk, Dk)
+    v = torch.randn(B, 1, Hv, Dv)
+    g, beta = -torch.rand(B, 1, Hv), torch.rand(B, 1, Hv)
+    h0 = torch.randn(B, Hv, Dk, Dv)
+    o_loop, h_loop = recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                                use_qk_l2norm_in_kernel=True)
+    h = h0.clone()
+    o = recurrent_gated_delta_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], h)
+    assert o.shape == (B, Hv, Dv)
+    assert (o - o_loop[:, 0]).abs().max() <= 1e-5 and (h - h_loop).abs().max() <= 1e-5

@@ -11,7 +11,9 @@ A decoder that mixes two kinds of layers needs two kinds of memory (SPEC section
 ``HybridCache`` holds one of these per layer, in ``config.layer_types`` order, plus what the model needs
 across calls: how many tokens have been seen and, for left-padded batches, the running 2-D padding
 mask ``(B, seen)`` (1 = real token, 0 = padding). It can keep or reorder batch rows (dropping finished
-sequences, beam search) and reports the memory it actually holds, in bytes, per layer type.
+sequences, beam search) and reports the memory its cached tokens take, in bytes, per layer type,
+measured from the tensors (an attention layer's buffers keep some spare room for the next tokens,
+see ``attention.KVCache``, which these counts leave out).
 
 Mirrors the hybrid behaviour of ``transformers``' ``DynamicCache`` for Qwen3-Next (attention layers
 plus linear-attention layers with conv and recurrent states). Leaves out: static pre-allocation,
@@ -128,7 +130,7 @@ class HybridCache:
 
     # -------------------------------------------------------------------------------- memory
     def layer_nbytes(self) -> list[int]:
-        """Bytes held by each layer's cache tensors, measured from the tensors themselves."""
+        """Bytes of each layer's cached tokens and states, measured from the tensors themselves."""
         return [_nbytes(layer) for layer in self.layers]
 
     def memory_report(self) -> dict[str, int]:
