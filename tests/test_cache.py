@@ -13,20 +13,9 @@ from qwen3next.deltanet import DeltaNetState
 from qwen3next.model import Qwen3NextForCausalLM
 from qwen3next.reference import max_abs_diff
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest and avoids waiting on a busy second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return Qwen3NextForCausalLM(Qwen3NextConfig.tiny()).eval()
 
 
 def test_one_cache_per_layer_by_type(model):

@@ -5,27 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qwen3next.config import Qwen3NextConfig
 from qwen3next.generate import filter_logits, generate, next_token, stream
-from qwen3next.model import Qwen3NextForCausalLM
 from qwen3next.reference import moe_state_dict_to_reference, reference_config
 
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest and avoids waiting on a busy second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return Qwen3NextForCausalLM(Qwen3NextConfig.tiny()).eval()
 
 
 def reference_filter(logits, temperature, top_k, top_p, min_p):

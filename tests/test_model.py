@@ -28,13 +28,7 @@ CONFIGS = {
 LENGTHS = [1, 64, 65, 131]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest and avoids waiting on a busy second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build_pair(cfg: Qwen3NextConfig, seed: int = 0, dtype=torch.float32):

@@ -50,14 +50,7 @@ DISPATCHES = ("loop", "sorted", "grouped")
 
 
 # ------------------------------------------------------------------------------------------ helpers
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: hundreds of small per-expert matmuls gain nothing from a second thread, and
-    on a busy machine OpenMP threads waiting for each other make them many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(**kw) -> Qwen3NextConfig:
