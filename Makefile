@@ -6,8 +6,6 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
-# MathJax 3 for offline book builds (tools/book_ext.py copies it into the site)
-MATHJAX := django-static-mathjax==3.2.2.1
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: venv book test test-unit test-chapters lint bench clean chromium check-book student
@@ -18,7 +16,6 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -c "import mathjax" 2>/dev/null || $(PY) -m pip install -q $(MATHJAX)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
