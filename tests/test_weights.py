@@ -1,4 +1,4 @@
-"""Tests of qwen3next.weights and qwen3next.hub: real-format checkpoints written by the reference.
+"""Tests of qwen3next.checkpoint, .fp8, .offload, .weights and .hub: real-format checkpoints written by the reference.
 
 The reference (``transformers.Qwen3NextForCausalLM.save_pretrained``) writes the per-expert Hub layout,
 sharded or in one file; our loader must give the same logits. Every kind of broken checkpoint the
@@ -19,27 +19,22 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from qwen3next.config import Qwen3NextConfig
-from qwen3next.reference import max_abs_diff, reference_config
-from qwen3next.weights import (
+from qwen3next.checkpoint import (
     INDEX_FILE,
     CheckpointError,
     MissingFileError,
     check_checkpoint,
     component_of,
-    dequantize_fp8,
-    describe,
-    format_summary,
     hub_layout,
-    load_mtp,
-    load_pretrained,
     mtp_layout,
     open_checkpoint,
-    quantize_fp8,
     read_header,
     read_tensor,
-    write_fp8_checkpoint,
 )
+from qwen3next.config import Qwen3NextConfig
+from qwen3next.fp8 import dequantize_fp8, quantize_fp8, write_fp8_checkpoint
+from qwen3next.reference import max_abs_diff, reference_config
+from qwen3next.weights import describe, format_summary, load_mtp, load_pretrained
 
 transformers = pytest.importorskip("transformers")
 

@@ -148,7 +148,7 @@ def cmd_generate(args, out, err) -> int:
 
 
 def main(argv: list[str] | None = None, out=None, err=None) -> int:
-    from .weights import CheckpointError
+    from .checkpoint import CheckpointError
 
     out, err = out or sys.stdout, err or sys.stderr
     args = build_parser().parse_args(argv)

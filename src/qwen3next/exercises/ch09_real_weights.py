@@ -6,8 +6,9 @@ import math
 
 import torch
 
+from ..checkpoint import component_of, hub_layout
 from ..config import Qwen3NextConfig
-from ..weights import component_of, dequantize_fp8, hub_layout, quantize_fp8
+from ..fp8 import dequantize_fp8, quantize_fp8
 from . import check_close, check_equal, report
 
 
