@@ -23,7 +23,9 @@ import time  # noqa: E402
 
 import tokenizers  # noqa: E402
 
-from qwen3next.tokenizer import Tokenizer, load_corpus, qwen3_files_dir  # noqa: E402
+from qwen3next.bpe_trainer import load_corpus  # noqa: E402
+from qwen3next.tokenizer import Tokenizer  # noqa: E402
+from qwen3next.tokenizer_files import qwen3_files_dir  # noqa: E402
 
 MULTILINGUAL = [
     "通义千问是一个大型语言模型，能够回答问题、创作文字，还能表达观点、撰写代码。",

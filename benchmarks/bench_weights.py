@@ -5,7 +5,7 @@ width (hidden 2048, experts of width 512) but few layers and experts, then loads
 processes three ways and prints one row each, with ratios:
 
 * ``reference``: ``transformers.Qwen3NextForCausalLM.from_pretrained`` + its ``generate``
-* ``ours``: ``qwen3next.weights.load_pretrained`` (everything in memory) + ``qwen3next.generate``
+* ``ours``: ``Qwen3NextForCausalLM.from_pretrained`` (everything in memory) + ``qwen3next.generate``
 * ``ours offload``: the routed experts left on disk, read on demand through the LRU cache
 
 Peak memory is the process's own high-water mark (``VmHWM`` after resetting it through
@@ -30,11 +30,10 @@ torch.set_num_threads(1)
 mode, path, n_new, cache = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.model import Qwen3NextForCausalLM
-from qwen3next.weights import _meta_model, load_pretrained
 from qwen3next.generate import generate
 import transformers
 with torch.no_grad():  # warm up lazy imports so that they do not count as weights
-    Qwen3NextForCausalLM(Qwen3NextConfig.tiny())(torch.arange(4)[None]); _meta_model(Qwen3NextConfig.tiny())
+    Qwen3NextForCausalLM(Qwen3NextConfig.tiny())(torch.arange(4)[None])
 
 def status(key):
     return int(next(l for l in open("/proc/self/status") if l.startswith(key + ":")).split()[1]) * 1024
@@ -45,7 +44,7 @@ t0 = time.perf_counter()
 if mode == "reference":
     model = transformers.Qwen3NextForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
 else:
-    model = load_pretrained(path, offload_experts=mode == "offload", expert_cache_size=cache)
+    model = Qwen3NextForCausalLM.from_pretrained(path, offload_experts=mode == "offload", expert_cache_size=cache)
 load_s = time.perf_counter() - t0
 resident = status("VmRSS") - base
 ids = torch.arange(16)[None] % model.config.vocab_size
@@ -87,8 +86,8 @@ def main() -> None:
     import transformers
 
     from qwen3next.config import Qwen3NextConfig
+    from qwen3next.inspection import describe, human_bytes
     from qwen3next.reference import reference_config
-    from qwen3next.weights import describe, human_bytes
 
     cfg = Qwen3NextConfig.full().replace(num_hidden_layers=args.layers, num_experts=args.experts, vocab_size=8192,
                                          full_attention_interval=2, bos_token_id=None, eos_token_id=None)

@@ -18,8 +18,9 @@ import torch
 
 from qwen3next.cli import main
 from qwen3next.config import Qwen3NextConfig
+from qwen3next.inspection import describe
+from qwen3next.model import Qwen3NextForCausalLM
 from qwen3next.reference import reference_config
-from qwen3next.weights import describe, load_pretrained
 
 transformers = pytest.importorskip("transformers")
 
@@ -55,7 +56,7 @@ class Recorder(io.StringIO):
 
 
 def _expected_text(ckpt: Path, tok, text: str, n: int, **load) -> str:
-    model = load_pretrained(ckpt, **load)
+    model = Qwen3NextForCausalLM.from_pretrained(ckpt, **load)
     from qwen3next.generate import generate
 
     ids = torch.tensor([tok.encode(text)])

@@ -13,19 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qwen3next.tokenizer import (
-    QWEN_PATTERN,
-    Tokenizer,
-    _bpe,
-    bpe_merge_steps,
-    bytes_to_unicode,
-    nfc,
-    qwen3_files_dir,
-    to_byte_symbols,
-    token_bytes,
-    train_bpe,
-    unicode_to_bytes,
-)
+from qwen3next.bpe import bpe, bpe_merge_steps, bytes_to_unicode, to_byte_symbols, token_bytes, unicode_to_bytes
+from qwen3next.bpe_trainer import train_bpe
+from qwen3next.normalize import nfc
+from qwen3next.pretokenizer import QWEN_PATTERN
+from qwen3next.tokenizer import Tokenizer
+from qwen3next.tokenizer_files import qwen3_files_dir
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -201,7 +194,7 @@ def test_decode_equal_to_tokenizers_on_any_ids(tok, ref, ids):
 @given(st.text(min_size=1, max_size=30))
 def test_heap_bpe_equals_naive_merge_loop(tok, word):
     symbols = to_byte_symbols(word)
-    assert _bpe(symbols, tok.ranks) == bpe_merge_steps(symbols, tok.ranks)[-1][0]
+    assert bpe(symbols, tok.ranks) == bpe_merge_steps(symbols, tok.ranks)[-1][0]
 
 
 def test_merge_steps_one_word(tok):
@@ -486,7 +479,7 @@ def test_trainer_matches_naive_and_roundtrips():
 
 
 def test_trainer_on_shipped_corpus():
-    from qwen3next.tokenizer import load_corpus
+    from qwen3next.bpe_trainer import load_corpus
 
     corpus = list(load_corpus().values())
     assert sum(len(t.encode("utf-8")) for t in corpus) < 300_000

@@ -33,8 +33,10 @@ from qwen3next.checkpoint import (
 )
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.fp8 import dequantize_fp8, quantize_fp8, write_fp8_checkpoint
+from qwen3next.inspection import describe, format_summary
+from qwen3next.model import Qwen3NextForCausalLM
 from qwen3next.reference import max_abs_diff, reference_config
-from qwen3next.weights import describe, format_summary, load_mtp, load_pretrained
+from qwen3next.weights import load_mtp
 
 transformers = pytest.importorskip("transformers")
 
@@ -183,7 +185,7 @@ def test_logits_equal_reference(layout, request, ids, ref_logits):
     d = request.getfixturevalue(layout)
     if layout == "single":
         assert (d / "model.safetensors").is_file() and not (d / INDEX_FILE).exists()
-    model = load_pretrained(d)
+    model = Qwen3NextForCausalLM.from_pretrained(d)
     assert not model.training
     with torch.no_grad():
         logits = model(ids).logits
@@ -203,7 +205,7 @@ def test_from_pretrained_is_the_loader(sharded, ref):
 
 
 def test_dtype_conversion(sharded, ref):
-    model = load_pretrained(sharded, dtype=torch.bfloat16)
+    model = Qwen3NextForCausalLM.from_pretrained(sharded, dtype=torch.bfloat16)
     sd = model.state_dict()
     assert {t.dtype for t in sd.values()} == {torch.bfloat16}
     assert torch.equal(sd["lm_head.weight"], ref.lm_head.weight.detach().to(torch.bfloat16))
@@ -213,7 +215,7 @@ def test_dtype_conversion(sharded, ref):
 def test_default_dtype_is_the_checkpoints(ref, tmp_path, ids):
     ref16 = _reference(CFG).to(torch.bfloat16)
     ref16.save_pretrained(tmp_path, max_shard_size="300KB")
-    model = load_pretrained(tmp_path)
+    model = Qwen3NextForCausalLM.from_pretrained(tmp_path)
     assert {t.dtype for t in model.state_dict().values()} == {torch.bfloat16}
     with torch.no_grad():
         diff = max_abs_diff(model(ids).logits, ref16(ids).logits)
@@ -222,7 +224,7 @@ def test_default_dtype_is_the_checkpoints(ref, tmp_path, ids):
 
 def test_bad_dtype_argument(sharded):
     with pytest.raises(CheckpointError, match="dtype"):
-        load_pretrained(sharded, dtype=torch.int8)
+        Qwen3NextForCausalLM.from_pretrained(sharded, dtype=torch.int8)
 
 
 # ------------------------------------------------------------------------------------------ FP8
@@ -247,7 +249,7 @@ def test_fp8_checkpoint_dequantises_within_fp8_error(sharded, ref, tmp_path, ids
     assert ckpt.tensors["model.layers.0.mlp.experts.3.gate_proj.weight_scale_inv"].shape == (2, 4)
     assert ckpt.tensors["model.embed_tokens.weight"].dtype == "BF16"  # kept like the release keeps it
     assert ckpt.tensors["model.layers.0.mlp.gate.weight"].dtype == "BF16"
-    model = load_pretrained(d, dtype=torch.float32)
+    model = Qwen3NextForCausalLM.from_pretrained(d, dtype=torch.float32)
     theirs = ref.state_dict()
     w = model.state_dict()["model.layers.3.self_attn.q_proj.weight"]
     w0 = theirs["model.layers.3.self_attn.q_proj.weight"]
@@ -262,7 +264,7 @@ def test_fp8_checkpoint_dequantises_within_fp8_error(sharded, ref, tmp_path, ids
     rel = (logits - ref_logits).norm() / ref_logits.norm()
     assert rel < 0.1
     # the offloaded path dequantises experts too, and agrees with loading everything
-    off = load_pretrained(d, dtype=torch.float32, offload_experts=True)
+    off = Qwen3NextForCausalLM.from_pretrained(d, dtype=torch.float32, offload_experts=True)
     with torch.no_grad():
         assert max_abs_diff(off(ids).logits, logits) < 1e-5
     text = format_summary(describe(d))
@@ -274,20 +276,20 @@ def test_fp8_weight_without_its_scale_is_refused(sharded, tmp_path):
     name = "model.layers.1.linear_attn.out_proj.weight"
     _rewrite_shard(d, _shard_of(d, name), lambda t: t.pop(name + "_scale_inv"))
     with pytest.raises(CheckpointError, match=r"out_proj.weight.*FP8.*weight_scale_inv.*missing"):
-        load_pretrained(d)
+        Qwen3NextForCausalLM.from_pretrained(d)
 
 
 def test_fp8_scales_of_the_wrong_block_size_are_refused(sharded, tmp_path):
     d = write_fp8_checkpoint(sharded, tmp_path / "fp8", block=(16, 16))
     _edit_config(d, quantization_config={"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]})
     with pytest.raises(CheckpointError, match=r"weight_scale_inv.*expected shape \[1, 1\].*128x128.*found \[2, 4\]"):
-        load_pretrained(d)
+        Qwen3NextForCausalLM.from_pretrained(d)
 
 
 # --------------------------------------------------------------------------------- offloading
 def test_offloaded_experts_give_the_same_logits(sharded, ids):
-    full = load_pretrained(sharded)
-    off = load_pretrained(sharded, offload_experts=True, expert_cache_size=5)
+    full = Qwen3NextForCausalLM.from_pretrained(sharded)
+    off = Qwen3NextForCausalLM.from_pretrained(sharded, offload_experts=True, expert_cache_size=5)
     assert not any(".experts." in k for k in off.state_dict())  # experts stay on disk
     assert len(off.model.layers[0].mlp.experts) == CFG.num_experts
     with torch.no_grad():
@@ -302,7 +304,8 @@ def test_offloaded_experts_give_the_same_logits(sharded, ids):
 
 
 def test_expert_cache_hits_when_it_holds_a_whole_forward(sharded, ids):
-    off = load_pretrained(sharded, offload_experts=True, expert_cache_size=CFG.num_experts * CFG.num_hidden_layers)
+    off = Qwen3NextForCausalLM.from_pretrained(sharded, offload_experts=True,
+                                               expert_cache_size=CFG.num_experts * CFG.num_hidden_layers)
     with torch.no_grad():
         a = off(ids).logits
         misses = off.expert_store.misses
@@ -313,13 +316,13 @@ def test_expert_cache_hits_when_it_holds_a_whole_forward(sharded, ids):
 
 def test_expert_cache_size_must_be_positive(sharded):
     with pytest.raises(ValueError, match="expert_cache_size"):
-        load_pretrained(sharded, offload_experts=True, expert_cache_size=0)
+        Qwen3NextForCausalLM.from_pretrained(sharded, offload_experts=True, expert_cache_size=0)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads resident sizes from /proc (Linux)")
 def test_offloading_lowers_resident_and_peak_memory(tmp_path):
-    from qwen3next.weights import measure_modes_in_subprocess
+    from qwen3next.measure import measure_modes_in_subprocess
 
     # wide enough that the experts dominate: 2 layers x 64 experts of 3 x 256 x 384 floats = 144 MiB
     cfg = Qwen3NextConfig.tiny(num_hidden_layers=2, hidden_size=256, num_experts=64, moe_intermediate_size=384,
@@ -351,7 +354,7 @@ def _add_mtp(d: Path, cfg: Qwen3NextConfig) -> dict[str, torch.Tensor]:
 
 def test_mtp_tensors_are_set_aside_and_readable_alone(broken, ids, ref_logits):
     written = _add_mtp(broken, CFG)
-    model = load_pretrained(broken)
+    model = Qwen3NextForCausalLM.from_pretrained(broken)
     assert not any(k.startswith("mtp.") for k in model.state_dict())
     with torch.no_grad():
         assert max_abs_diff(model(ids).logits, ref_logits) < 1e-5
@@ -367,7 +370,7 @@ def test_missing_tensor(broken):
     _rewrite_shard(broken, _shard_of(broken, name), lambda t: t.pop(name))
     with pytest.raises(CheckpointError, match=r"missing tensor 'model\.layers\.2\.linear_attn\.out_proj\.weight' "
                                               r"\[hidden_size=64, linear_value_dim=64\]"):
-        load_pretrained(broken)
+        Qwen3NextForCausalLM.from_pretrained(broken)
 
 
 def test_unexpected_tensor(broken):
@@ -376,14 +379,14 @@ def test_unexpected_tensor(broken):
     _rewrite_shard(broken, _shard_of(broken, name), lambda t: t.update(extra))
     with pytest.raises(CheckpointError, match=r"unexpected tensor 'model\.layers\.0\.mlp\.gate\.bias' in "
                                               r"model-\d+-of-\d+\.safetensors"):
-        load_pretrained(broken)
+        Qwen3NextForCausalLM.from_pretrained(broken)
 
 
 def test_wrong_shape(broken):
     name = "model.layers.3.self_attn.k_proj.weight"
     _rewrite_shard(broken, _shard_of(broken, name), lambda t: t.update({name: torch.zeros(16, 64)}))
     with pytest.raises(CheckpointError) as err:
-        load_pretrained(broken)
+        Qwen3NextForCausalLM.from_pretrained(broken)
     msg = str(err.value)
     assert "'model.layers.3.self_attn.k_proj.weight' in model-" in msg
     assert "expected shape [num_key_value_heads*head_dim=32, hidden_size=64]" in msg and "found [16, 64]" in msg
@@ -393,14 +396,14 @@ def test_wrong_dtype(broken):
     name = "model.norm.weight"
     _rewrite_shard(broken, _shard_of(broken, name), lambda t: t.update({name: torch.zeros(64, dtype=torch.int32)}))
     with pytest.raises(CheckpointError, match=r"'model\.norm\.weight' in .*expected a float dtype.*found I32"):
-        load_pretrained(broken)
+        Qwen3NextForCausalLM.from_pretrained(broken)
 
 
 def test_shard_listed_but_absent(broken):
     shard = _shard_of(broken, "lm_head.weight")
     shard.unlink()
     with pytest.raises(MissingFileError, match=rf"lists shard\(s\) \['{shard.name}'\] but they are not in"):
-        load_pretrained(broken)
+        Qwen3NextForCausalLM.from_pretrained(broken)
 
 
 def test_index_and_shard_disagree(broken):
@@ -411,7 +414,7 @@ def test_index_and_shard_disagree(broken):
     (broken / INDEX_FILE).write_text(json.dumps(index))
     with pytest.raises(CheckpointError,
                        match=rf"says tensor 'model\.norm\.weight' is in {other}, but it is in {actual}"):
-        load_pretrained(broken)
+        Qwen3NextForCausalLM.from_pretrained(broken)
 
 
 def test_truncated_shard(broken):
@@ -419,7 +422,7 @@ def test_truncated_shard(broken):
     data = shard.read_bytes()
     shard.write_bytes(data[:-1000])
     with pytest.raises(CheckpointError, match=rf"{shard.name}: truncated: tensor '.*' ends at data byte"):
-        load_pretrained(broken)
+        Qwen3NextForCausalLM.from_pretrained(broken)
 
 
 @pytest.mark.parametrize("damage", ["garbage json", "huge length", "length past the end", "empty file", "bad entry"])
@@ -448,7 +451,7 @@ def test_corrupt_header(broken, damage):
         expected = "data_offsets span"
     shard.write_bytes(bytes(data))
     with pytest.raises(CheckpointError) as err:
-        load_pretrained(broken)
+        Qwen3NextForCausalLM.from_pretrained(broken)
     assert shard.name in str(err.value) and expected in str(err.value)
 
 
@@ -457,7 +460,7 @@ def test_corrupt_header(broken, damage):
 def test_config_that_does_not_match_the_weights(broken, field, value, found):
     _edit_config(broken, **{field: value})
     with pytest.raises(CheckpointError) as err:
-        load_pretrained(broken)
+        Qwen3NextForCausalLM.from_pretrained(broken)
     msg = str(err.value)
     assert "config.json" in msg and f"{field}: config.json has {value}, the weights have {found}" in msg
 
@@ -466,33 +469,33 @@ def test_config_with_fewer_layers_than_the_weights(broken):
     _edit_config(broken, num_hidden_layers=2, layer_types=None)
     with pytest.raises(CheckpointError, match=r"(?s)unexpected tensor 'model\.layers\.[23]\..*num_hidden_layers: "
                                               r"config.json has 2, the weights have 4 layers"):
-        load_pretrained(broken)
+        Qwen3NextForCausalLM.from_pretrained(broken)
 
 
 def test_config_with_other_layer_types(broken):
     _edit_config(broken, full_attention_interval=2, layer_types=None)
     with pytest.raises(CheckpointError, match=r"(?s)layer_types\[1\].*config.json says full_attention, the weights "
                                               r"hold a linear_attention layer"):
-        load_pretrained(broken)
+        Qwen3NextForCausalLM.from_pretrained(broken)
 
 
 def test_invalid_config_field_is_named(broken):
     _edit_config(broken, num_key_value_heads=3)
     with pytest.raises(CheckpointError, match=r"config.json: num_attention_heads: 4 query heads cannot be shared"):
-        load_pretrained(broken)
+        Qwen3NextForCausalLM.from_pretrained(broken)
 
 
 def test_missing_config(broken):
     (broken / "config.json").unlink()
     with pytest.raises(MissingFileError, match=r"config.json is missing"):
-        load_pretrained(broken)
+        Qwen3NextForCausalLM.from_pretrained(broken)
 
 
 def test_no_weights_at_all(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(CFG.to_dict()))
     with pytest.raises(MissingFileError,
                        match=r"no weights: expected model.safetensors.index.json .* or model.safetensors"):
-        load_pretrained(tmp_path)
+        Qwen3NextForCausalLM.from_pretrained(tmp_path)
 
 
 class _Trap:
@@ -517,13 +520,13 @@ def test_pickle_only_checkpoint_is_refused_unopened(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "load", forbidden)
     monkeypatch.setattr(pickle, "loads", forbidden)
     with pytest.raises(CheckpointError, match=r"only a pickle checkpoint \(pytorch_model.bin\).*refused"):
-        load_pretrained(tmp_path)
+        Qwen3NextForCausalLM.from_pretrained(tmp_path)
     assert not marker.exists()
 
 
 def test_not_a_directory(tmp_path):
     with pytest.raises(MissingFileError, match="not a checkpoint directory"):
-        load_pretrained(tmp_path / "nowhere")
+        Qwen3NextForCausalLM.from_pretrained(tmp_path / "nowhere")
 
 
 def test_errors_list_every_problem_before_allocating(broken, monkeypatch):
@@ -538,7 +541,7 @@ def test_errors_list_every_problem_before_allocating(broken, monkeypatch):
 
     monkeypatch.setattr(safetensors, "safe_open", no_reading)
     with pytest.raises(CheckpointError) as err:
-        load_pretrained(broken)
+        Qwen3NextForCausalLM.from_pretrained(broken)
     msg = str(err.value)
     assert "(2 problems)" in msg and a in msg and b in msg
 

@@ -285,7 +285,7 @@ def _layer_layout(v: dict[str, int], p: str, kind: str, moe: bool) -> dict[str, 
 def hub_layout(cfg: Qwen3NextConfig) -> dict[str, Expected]:
     """Every tensor of the model in the Hub checkpoint (SPEC section 4), with its expected shape.
 
-    This is the checkpoint's contract; ``load_pretrained`` also checks that the model's own
+    This is the checkpoint's contract; ``weights.load_weights`` also checks that the model's own
     ``state_dict`` has exactly these keys and shapes.
     """
     v = _dim_values(cfg)

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_inspect(args, out) -> int:
-    from .weights import describe, format_summary
+    from .inspection import describe, format_summary
 
     print(format_summary(describe(args.directory)), file=out)
     return 0
@@ -96,7 +96,6 @@ def cmd_generate(args, out, err) -> int:
 
     from .generate import generate
     from .model import Qwen3NextForCausalLM
-    from .weights import load_pretrained
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens: expected a positive number, found {args.max_new_tokens}")
@@ -110,12 +109,9 @@ def cmd_generate(args, out, err) -> int:
 
     t0 = time.perf_counter()
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    if args.expert_cache is not None:
-        model = load_pretrained(args.model, dtype=dtype, device=args.device, offload_experts=args.offload_experts,
-                                expert_cache_size=args.expert_cache)
-    else:
-        model = Qwen3NextForCausalLM.from_pretrained(args.model, dtype=dtype, device=args.device,
-                                                     offload_experts=args.offload_experts)
+    model = Qwen3NextForCausalLM.from_pretrained(args.model, dtype=dtype, device=args.device,
+                                                 offload_experts=args.offload_experts,
+                                                 expert_cache_size=args.expert_cache)
     load_s = time.perf_counter() - t0
     vocab = model.config.vocab_size
     if max(ids) >= vocab:

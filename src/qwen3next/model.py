@@ -30,11 +30,13 @@ from torch import nn
 
 from .attention import GatedAttention
 from .cache import HybridCache
+from .checkpoint import open_checkpoint
 from .config import Qwen3NextConfig
 from .deltanet import GatedDeltaNet
 from .moe import MLP, SparseMoeBlock, load_balancing_loss
 from .norms import RMSNorm, RMSNormGated
 from .rope import RotaryEmbedding
+from .weights import load_weights
 
 
 @contextmanager
@@ -232,11 +234,15 @@ class Qwen3NextForCausalLM(nn.Module):
         return True
 
     @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device="cpu", offload_experts: bool = False):
-        """Load a Hub-format checkpoint directory (see ``qwen3next.weights.load_pretrained``)."""
-        from .weights import load_pretrained
-
-        return load_pretrained(path, dtype=dtype, device=device, offload_experts=offload_experts)
+    def from_pretrained(cls, path, dtype: torch.dtype | str | None = None, device="cpu",
+                        offload_experts: bool = False, expert_cache_size: int | None = None):
+        """Load a Hub-format checkpoint directory: open and check it, build the model on the meta device
+        (nothing allocated), then let :func:`qwen3next.weights.load_weights` fill it."""
+        ckpt = open_checkpoint(path)
+        with torch.device("meta"):
+            model = cls(ckpt.config)
+        return load_weights(model, ckpt, dtype=dtype, device=device, offload_experts=offload_experts,
+                            expert_cache_size=expert_cache_size)
 
     def new_cache(self, batch_size: int = 1) -> HybridCache:
         """An empty hybrid cache for ``batch_size`` rows, on this model's device."""

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..deltanet import delta_rule_mixing_matrix, l2_normalize, recurrent_gated_delta_rule
+from ..delta_rule import delta_rule_mixing_matrix, l2_normalize, recurrent_gated_delta_rule
 from . import UNANSWERED, check_close, report
 
 # the constant log decay of exercise 5.3

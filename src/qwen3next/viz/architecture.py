@@ -1,6 +1,6 @@
-"""Figure helpers shared by the chapters: the architecture diagram and the layer pattern.
+"""The whole stack drawn from a config: the architecture diagram and the strip of layer types (chapter 01).
 
-Only drawing lives here; every number drawn comes from a config or from a tensor passed in.
+Only drawing lives here; every number drawn comes from the config passed in.
 """
 
 from __future__ import annotations
@@ -8,18 +8,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyBboxPatch
 
-from .config import Qwen3NextConfig
-
-# One colour per kind of block, used by every chapter so a reader learns them once.
-COLORS = {
-    "linear_attention": "#4C9BE8",  # Gated DeltaNet
-    "full_attention": "#F08A4B",  # gated attention
-    "moe": "#7BC67B",
-    "dense": "#B0B0B0",
-    "norm": "#E6E6E6",
-    "embed": "#C9A0DC",
-}
-LABELS = {"linear_attention": "Gated DeltaNet", "full_attention": "Gated Attention"}
+from ..config import Qwen3NextConfig
+from .colors import COLORS, LABELS
 
 
 def _box(ax, x, y, w, h, text, color, fontsize=9):

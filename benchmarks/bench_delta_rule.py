@@ -6,7 +6,7 @@
 2. The recurrent / chunked crossover: for growing T, the time of the token loop against the chunked form
    (ours, and the reference's pair), and the first length at which chunking wins.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_deltanet.py [--T 4096] [--repeats 3]``.
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_delta_rule.py [--T 4096] [--repeats 3]``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from qwen3next.deltanet import chunk_gated_delta_rule, recurrent_gated_delta_rule  # noqa: E402
+from qwen3next.delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule  # noqa: E402
 
 
 def inputs(T, B=1, Hk=16, Hv=32, Dk=128, Dv=128, seed=0):

@@ -1,0 +1,12 @@
+"""Figures shared by the chapters: the book's colours, the architecture drawings, and package source shown
+highlighted.
+
+Only drawing lives here; every number drawn comes from a config or from a tensor passed in. Each chapter's
+own diagrams live in a module of this package named after the concept (``viz.architecture``, ...).
+"""
+
+from .architecture import draw_architecture, draw_layer_pattern
+from .colors import COLORS, LABELS
+from .source import show_source, source_lines
+
+__all__ = ["COLORS", "LABELS", "draw_architecture", "draw_layer_pattern", "show_source", "source_lines"]

@@ -1,0 +1,57 @@
+"""Showing the package's own code in a chapter: highlighted, and trimmed to the mechanism.
+
+A chapter never pastes package code; it displays it. :func:`show_source` renders the source of a function,
+class or method as a highlighted Python block (Markdown, so the built book highlights it like any other
+code), optionally only some of its lines, so that the page shows the computation and not the input checks
+around it.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+
+
+def source_lines(obj, lines: tuple[int, int] | None = None, docstring: bool = True) -> list[str]:
+    """The source lines of ``obj``, dedented.
+
+    ``lines`` = ``(first, last)`` keeps only those lines, counted from 1 at the first line of the source
+    (decorators included), inclusive; ``docstring=False`` drops the docstring first.
+    """
+    out = textwrap.dedent(inspect.getsource(obj)).splitlines()
+    if not docstring:
+        out = _without_docstring(out)
+    if lines is not None:
+        first, last = lines
+        if not (1 <= first <= last <= len(out)):
+            raise ValueError(f"lines: expected 1 <= first <= last <= {len(out)} for {obj.__qualname__}, "
+                             f"found {lines}")
+        out = out[first - 1:last]
+    return out
+
+
+def _without_docstring(lines: list[str]) -> list[str]:
+    """``lines`` of one ``def`` or ``class`` without its docstring (found by parsing, not by quotes)."""
+    node = ast.parse("\n".join(lines)).body[0]
+    body = getattr(node, "body", [])
+    if not (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)):
+        return lines
+    doc = body[0]
+    return lines[:doc.lineno - 1] + lines[doc.end_lineno:]
+
+
+def show_source(obj, lines: tuple[int, int] | None = None, docstring: bool = True):
+    """Display the source of ``obj`` as a highlighted Python block (see :func:`source_lines`).
+
+    In a notebook this returns a Markdown object (the HTML book renders and highlights it); outside
+    IPython it prints the code and returns None.
+    """
+    code = "\n".join(source_lines(obj, lines, docstring))
+    try:
+        from IPython.display import Markdown
+    except ImportError:  # outside Jupyter: plain text
+        print(code)
+        return None
+    return Markdown(f"```python\n{code}\n```")
