@@ -15,7 +15,8 @@ same parameter names (the Hub checkpoint keys), same random initialisation, same
 
 Padding: a left-padded batch passes ``attention_mask``; positions then count real tokens only
 (``cumsum(mask) - 1``, what ``transformers``' ``generate`` feeds the reference), so a padded row
-computes exactly what it computes alone. Leaves out: the MTP head of the checkpoint, gradient
+computes exactly what it computes alone. ``mtp=True`` adds the checkpoint's MTP head
+(:mod:`qwen3next.mtp`) as ``model.mtp``; ``forward`` never runs it. Leaves out: gradient
 checkpointing, tensor/pipeline parallel plans, and heads other than the causal LM.
 """
 
@@ -178,7 +179,7 @@ class Qwen3NextModel(nn.Module):
 class Qwen3NextForCausalLM(nn.Module):
     """Qwen3-Next with its language-model head: token ids (B, T) -> next-token logits (B, T, V)."""
 
-    def __init__(self, config: Qwen3NextConfig):
+    def __init__(self, config: Qwen3NextConfig, mtp: bool = False):
         super().__init__()
         if config.tie_word_embeddings:
             raise ValueError("tie_word_embeddings: Qwen3-Next has an untied lm_head; found true")
@@ -188,6 +189,10 @@ class Qwen3NextForCausalLM(nn.Module):
         with _skip_default_init():
             self.model = Qwen3NextModel(config)
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            if mtp:  # the checkpoint's multi-token-prediction head (qwen3next.mtp), keys mtp.*
+                from .mtp import MultiTokenPredictor
+
+                self.mtp = MultiTokenPredictor(config)
         self.init_weights()
 
     # -------------------------------------------------------------------------------- weights
@@ -235,14 +240,20 @@ class Qwen3NextForCausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | str | None = None, device="cpu",
-                        offload_experts: bool = False, expert_cache_size: int | None = None):
+                        offload_experts: bool = False, expert_cache_size: int | None = None, mtp: bool = False):
         """Load a Hub-format checkpoint directory: open and check it, build the model on the meta device
-        (nothing allocated), then let :func:`qwen3next.weights.load_weights` fill it."""
+        (nothing allocated), then let :func:`qwen3next.weights.load_weights` fill it. ``mtp=True`` also
+        attaches the checkpoint's ``mtp.*`` head as ``model.mtp`` (:func:`qwen3next.mtp.attach_mtp`)."""
         ckpt = open_checkpoint(path)
         with torch.device("meta"):
             model = cls(ckpt.config)
-        return load_weights(model, ckpt, dtype=dtype, device=device, offload_experts=offload_experts,
-                            expert_cache_size=expert_cache_size)
+        model = load_weights(model, ckpt, dtype=dtype, device=device, offload_experts=offload_experts,
+                             expert_cache_size=expert_cache_size)
+        if mtp:
+            from .mtp import attach_mtp
+
+            attach_mtp(model, ckpt, dtype=dtype, device=device)
+        return model
 
     def new_cache(self, batch_size: int = 1) -> HybridCache:
         """An empty hybrid cache for ``batch_size`` rows, on this model's device."""
