@@ -69,6 +69,14 @@ def test_state_dict_is_the_checkpoint_layout():
     assert all(m.bias is None for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
 
 
+def test_built_alone_is_initialised_like_the_reference_built_alone():
+    torch.manual_seed(4)
+    ours = GatedAttention(TINY, 3)
+    torch.manual_seed(4)
+    ref = Qwen3NextAttention(reference_config(TINY), layer_idx=3)
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), ref.state_dict().values(), strict=True))
+
+
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("cfg", [TINY, pytest.param(REAL, marks=pytest.mark.slow)], ids=["tiny", "real"])
 def test_matches_reference_fp32(cfg, implementation):

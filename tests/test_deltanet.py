@@ -4,6 +4,8 @@ at the real width."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -87,6 +89,11 @@ def test_init_like_the_reference():
     A = layer.A_log.exp()
     assert torch.all(A >= 0.01 - 1e-6) and torch.all(A <= 16 + 1e-4) and A.std() > 1
     assert torch.equal(layer.dt_bias, torch.ones(64)) and torch.equal(layer.norm.weight, torch.ones(16))
+    # the projections and the conv keep torch's default, as the reference's layer built alone does:
+    # uniform within 1 / sqrt(fan_in), which for fan_in = 4 (the depthwise conv) is far wider than N(0, 0.02)
+    for m in (layer.in_proj_qkvz, layer.in_proj_ba, layer.conv1d, layer.out_proj):
+        bound, largest = 1 / math.sqrt(m.weight[0].numel()), float(m.weight.detach().abs().max())
+        assert 0.9 * bound < largest <= bound
 
 
 def test_layer_matches_reference_full_sequence_and_padding():

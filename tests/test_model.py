@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from qwen3next.config import Qwen3NextConfig
+from qwen3next.deltanet import GatedDeltaNet
 from qwen3next.model import Qwen3NextForCausalLM
 from qwen3next.reference import layer_differences, max_abs_diff, moe_state_dict_to_reference, reference_config
+from qwen3next.rope import RotaryEmbedding
 
 transformers = pytest.importorskip("transformers")
 
@@ -183,6 +185,37 @@ def test_init_like_reference():
         assert abs(float(w.std()) - cfg.initializer_range) < 0.002
         assert abs(float(w.mean())) < 0.002
     assert all(torch.isfinite(p).all() for p in m.parameters())
+    assert torch.equal(m.model.rotary_emb.inv_freq, RotaryEmbedding(cfg).inv_freq)  # a buffer, recomputed
+
+
+def test_construction_fills_each_parameter_once(monkeypatch):
+    """Shapes on meta (no fill at all), then storage, then the one rule: torch's default fill of the
+    layers never runs, and each DeltaNet layer's own parameters are drawn once."""
+    calls = {"default": 0, "deltanet": 0}
+    default_fill, deltanet_fill = torch.nn.Linear.reset_parameters, GatedDeltaNet.reset_parameters
+
+    def count(name, fill):
+        def counted(self):
+            calls[name] += not next(self.parameters(recurse=False)).is_meta  # a fill of real storage
+            fill(self)
+        return counted
+
+    monkeypatch.setattr(torch.nn.Linear, "reset_parameters", count("default", default_fill))
+    monkeypatch.setattr(GatedDeltaNet, "reset_parameters", count("deltanet", deltanet_fill))
+    cfg = Qwen3NextConfig.tiny()
+    m = Qwen3NextForCausalLM(cfg)
+    assert calls == {"default": 0, "deltanet": cfg.layer_types.count("linear_attention")}
+    with torch.device("meta"):
+        Qwen3NextForCausalLM(cfg)  # nothing to fill on meta: no rule runs
+    assert calls == {"default": 0, "deltanet": cfg.layer_types.count("linear_attention")}
+    assert not any(p.is_meta for p in m.parameters())
+
+
+def test_init_refuses_a_parameter_without_a_rule():
+    m = Qwen3NextForCausalLM(Qwen3NextConfig.tiny())
+    m.model.layers[2].scale = torch.nn.Parameter(torch.empty(3))  # a parameter no rule knows
+    with pytest.raises(RuntimeError, match=r"no initialisation rule for parameters \['model.layers.2.scale'\]"):
+        m.init_weights()
 
 
 @pytest.mark.slow

@@ -546,29 +546,33 @@ def test_exercise_checks(capsys):
     assert "Not yet" in capsys.readouterr().out
 
 
-# --------------------------------------------------------------------- single-row kernel switch
-def test_matvec_kernels_switch_is_scoped_and_exact():
-    from qwen3next.moe import matvec_kernels
+# ------------------------------------------------------------------------ no process-wide settings
+class SettingsProbe(RecordingExperts):
+    """Records, each time an expert is fetched to run, whether oneDNN is enabled for the process."""
 
-    assert torch.backends.mkldnn.enabled
-    with matvec_kernels(torch.zeros(1, 4, dtype=torch.bfloat16)):
-        assert not torch.backends.mkldnn.enabled
-    assert torch.backends.mkldnn.enabled
-    with matvec_kernels(torch.zeros(1, 4)):  # float32 does not use oneDNN here: left alone
-        assert torch.backends.mkldnn.enabled
-    with pytest.raises(RuntimeError, match="boom"), matvec_kernels(torch.zeros(1, 4, dtype=torch.bfloat16)):
-        raise RuntimeError("boom")
-    assert torch.backends.mkldnn.enabled  # restored after an error too
+    def __init__(self, experts):
+        super().__init__(experts)
+        self.mkldnn_enabled: list[bool] = []
 
-    # decoding one token in bfloat16 (every group has one row) agrees with the loop path
+    def __getitem__(self, e):
+        self.mkldnn_enabled.append(torch.backends.mkldnn.enabled)
+        return super().__getitem__(e)
+
+
+def test_forward_leaves_the_process_settings_alone():
+    """No kernel is chosen for the whole process while the block runs, and decoding agrees with the loop."""
     torch.manual_seed(15)
     cfg = tiny_cfg(num_experts=16, num_experts_per_tok=4, hidden_size=256, moe_intermediate_size=128)
     block = SparseMoeBlock(cfg).bfloat16()
-    for T in (1, 3):
+    block.experts = SettingsProbe(block.experts)
+    shared_seen = []
+    block.shared_expert.register_forward_pre_hook(lambda *_: shared_seen.append(torch.backends.mkldnn.enabled))
+    assert torch.backends.mkldnn.enabled
+    for T in (1, 3):  # decoding one token (one row per expert), then a short prefill
         x = torch.randn(1, T, cfg.hidden_size).bfloat16()
         with torch.no_grad():
             y_loop, _ = block(x, dispatch="loop")
             y_fast, _ = block(x)
         tol = 2 * 2**-8 * y_loop.float().abs().max().item()
         assert (y_fast.float() - y_loop.float()).abs().max() <= tol
-    assert torch.backends.mkldnn.enabled
+    assert block.experts.mkldnn_enabled and all(block.experts.mkldnn_enabled) and all(shared_seen)

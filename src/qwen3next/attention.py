@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import Linear
 from .norms import RMSNorm
 from .rope import apply_rotary
 
@@ -214,10 +215,10 @@ class GatedAttention(nn.Module):
         self.head_dim = config.head_dim  # D
         self.implementation = implementation
         hidden, H, Hkv, D = config.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
-        self.q_proj = nn.Linear(hidden, H * 2 * D, bias=False)  # per head: [query D | gate D]
-        self.k_proj = nn.Linear(hidden, Hkv * D, bias=False)
-        self.v_proj = nn.Linear(hidden, Hkv * D, bias=False)
-        self.o_proj = nn.Linear(H * D, hidden, bias=False)
+        self.q_proj = Linear(hidden, H * 2 * D, bias=False)  # per head: [query D | gate D]
+        self.k_proj = Linear(hidden, Hkv * D, bias=False)
+        self.v_proj = Linear(hidden, Hkv * D, bias=False)
+        self.o_proj = Linear(H * D, hidden, bias=False)
         self.q_norm = RMSNorm(D, eps=config.rms_norm_eps)
         self.k_norm = RMSNorm(D, eps=config.rms_norm_eps)
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from .config import Qwen3NextConfig
 from .delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule, recurrent_gated_delta_step
+from .linear import Linear
 from .norms import RMSNormGated
 
 __all__ = [
@@ -136,27 +137,23 @@ class GatedDeltaNet(nn.Module):
         self.conv_kernel_size = config.linear_conv_kernel_dim
         self.chunk_size = 64
 
-        self.in_proj_qkvz = nn.Linear(self.hidden_size, 2 * self.key_dim + 2 * self.value_dim, bias=False)
-        self.in_proj_ba = nn.Linear(self.hidden_size, 2 * self.num_v_heads, bias=False)
+        self.in_proj_qkvz = Linear(self.hidden_size, 2 * self.key_dim + 2 * self.value_dim, bias=False)
+        self.in_proj_ba = Linear(self.hidden_size, 2 * self.num_v_heads, bias=False)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.conv_kernel_size, groups=self.conv_dim,
                                 padding=self.conv_kernel_size - 1, bias=False)
-        self.dt_bias = nn.Parameter(torch.ones(self.num_v_heads))  # (Hv,)
+        self.dt_bias = nn.Parameter(torch.empty(self.num_v_heads))  # (Hv,)
         self.A_log = nn.Parameter(torch.empty(self.num_v_heads))  # (Hv,)
         self.norm = RMSNormGated(self.head_v_dim, eps=config.rms_norm_eps)
-        self.out_proj = nn.Linear(self.value_dim, self.hidden_size, bias=False)
-        self.reset_parameters(config.initializer_range)
+        self.out_proj = Linear(self.value_dim, self.hidden_size, bias=False)
+        self.reset_parameters()  # the projections and the conv start as torch's layers do, like the reference's
 
     @torch.no_grad()
-    def reset_parameters(self, std: float = 0.02) -> None:
-        """The reference's initialisation: N(0, std) projections and conv, dt_bias = 1,
-        A = exp(A_log) uniform in [0.01, 16] (so each head starts with its own forgetting speed)."""
-        if self.A_log.is_meta:  # shapes only: nothing to fill (and normal_ on meta is slow to set up)
-            return
-        for layer in (self.in_proj_qkvz, self.in_proj_ba, self.conv1d, self.out_proj):
-            layer.weight.normal_(0.0, std)
+    def reset_parameters(self) -> None:
+        """The reference's start for this layer's own parameters: ``dt_bias = 1`` and
+        ``A = exp(A_log)`` uniform in [0.01, 16], so each head starts with its own forgetting speed
+        (the lower bound keeps ``log A`` finite)."""
         self.dt_bias.fill_(1.0)
-        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0.01, 16).log())
-        self.norm.weight.fill_(1.0)
+        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0.01, 16).log_())
 
     def split_projections(self, qkvz: torch.Tensor, ba: torch.Tensor):
         """De-interleave the fused projections (SPEC section 2).

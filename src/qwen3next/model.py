@@ -21,7 +21,6 @@ checkpointing, tensor/pipeline parallel plans, and heads other than the causal L
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -33,28 +32,11 @@ from .cache import HybridCache
 from .checkpoint import open_checkpoint
 from .config import Qwen3NextConfig
 from .deltanet import GatedDeltaNet
+from .linear import Linear
 from .moe import MLP, SparseMoeBlock, load_balancing_loss
 from .norms import RMSNorm, RMSNormGated
 from .rope import RotaryEmbedding
 from .weights import load_weights
-
-
-@contextmanager
-def _skip_default_init():
-    """Build ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Embedding`` without their default random fill.
-
-    Their parameters are left uninitialised until ``Qwen3NextForCausalLM.init_weights`` fills every one
-    of them (the same trick as ``transformers``' ``no_init_weights``).
-    """
-    classes = (nn.Linear, nn.Conv1d, nn.Embedding)
-    saved = [cls.reset_parameters for cls in classes]
-    try:
-        for cls in classes:
-            cls.reset_parameters = lambda self: None
-        yield
-    finally:
-        for cls, fn in zip(classes, saved, strict=True):
-            cls.reset_parameters = fn
 
 
 @dataclass
@@ -183,52 +165,48 @@ class Qwen3NextForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             raise ValueError("tie_word_embeddings: Qwen3-Next has an untied lm_head; found true")
         self.config = config
-        # torch's default initialisation would be thrown away by ours: skip it (the full model has
-        # 73,728 expert projections, and filling each twice is most of the construction time)
-        with _skip_default_init():
+        device = torch.get_default_device()
+        # shapes first, on the meta device (no memory, no random fill), then storage, then one fill
+        with torch.device("meta"):
             self.model = Qwen3NextModel(config)
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.init_weights()
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        if device.type != "meta":
+            self.to_empty(device=device)
+            self.init_weights()
 
     # -------------------------------------------------------------------------------- weights
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Fill every parameter as the reference does; nothing to fill on the meta device."""
+        """Fill every parameter (and the RoPE buffer) as the reference does; nothing to fill on meta."""
         if self.lm_head.weight.is_meta:
             return
         filled = set()
 
         def init(module):
             if self._init_weights(module):
-                filled.update(id(p) for p in module.parameters(recurse=False))
+                filled.update(id(t) for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)))
 
         self.apply(init)  # children before parents, like the reference's post_init
-        # construction skipped torch's default fill, so a parameter we do not know would hold garbage
-        missed = [name for name, p in self.named_parameters() if id(p) not in filled]
+        # storage comes from to_empty: a tensor we know no rule for would hold whatever was in memory
+        missed = [name for name, t in (*self.named_parameters(), *self.named_buffers()) if id(t) not in filled]
         if missed:
             raise RuntimeError(f"init_weights: no initialisation rule for parameters {missed[:5]}")
 
-    @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> bool:
         """The reference's random initialisation (``Qwen3NextPreTrainedModel._init_weights``).
 
-        Fills ``module``'s own parameters; returns whether it knew how.
+        Fills ``module``'s own parameters; returns whether it knew how. Every matrix is drawn from
+        N(0, ``initializer_range``) (not torch's default for the layer); the norms, the DeltaNet's
+        ``dt_bias`` and ``A_log`` and the RoPE frequencies start as their modules define.
         """
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv1d)):
-            module.weight.normal_(0.0, std)
-            if module.bias is not None:
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Embedding)):
+            module.weight.normal_(0.0, self.config.initializer_range)
+            if getattr(module, "bias", None) is not None:
                 module.bias.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-        elif isinstance(module, RMSNorm):
-            module.weight.zero_()  # gain 1 + w starts at 1
-        elif isinstance(module, RMSNormGated):
-            module.weight.fill_(1.0)  # plain gain starts at 1
-        elif isinstance(module, GatedDeltaNet):
-            module.dt_bias.fill_(1.0)
-            # decay rates A spread over [0.01, 16]; the lower bound keeps log(A) finite
-            module.A_log.copy_(torch.empty_like(module.A_log).uniform_(0.01, 16).log_())
+        elif isinstance(module, (RMSNorm, RMSNormGated, GatedDeltaNet)):
+            module.reset_parameters()
+        elif isinstance(module, RotaryEmbedding):
+            module.reset_inv_freq()
         else:
             return False
         return True

@@ -36,7 +36,13 @@ class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.zeros(dim))  # (D,)
+        self.weight = nn.Parameter(torch.empty(dim))  # (D,)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The gain ``1 + weight`` starts at 1."""
+        self.weight.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., D)
         _check_last_dim("x", x, self.weight.shape[0])
@@ -53,7 +59,13 @@ class RMSNormGated(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))  # (D,)
+        self.weight = nn.Parameter(torch.empty(dim))  # (D,)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The plain gain starts at 1."""
+        self.weight.fill_(1.0)
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # (..., D), (..., D)
         _check_last_dim("x", x, self.weight.shape[0])
