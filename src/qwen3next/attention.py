@@ -73,17 +73,10 @@ class KVCache:
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append ``k, v (B, Hkv, T, D)``; return all keys and values ``(B, Hkv, S + T, D)``."""
-        if k.dim() != 4 or k.shape != v.shape:
-            raise ValueError(
-                f"k, v: expected two (B, Hkv, T, D) tensors of one shape, found {tuple(k.shape)} and {tuple(v.shape)}"
-            )
+        self._check_update_inputs(k, v)
         if self._key is None:  # the prompt: keep the tensors as they are, no spare room yet
             self._key, self._value, self._length = k, v, k.shape[2]
             return self.key, self.value
-        if k.shape[:2] != self._key.shape[:2] or k.shape[3] != self._key.shape[3]:
-            raise ValueError(
-                f"k: cache holds (B, Hkv, *, D) = {tuple(self.key.shape)}, cannot append {tuple(k.shape)}"
-            )
         S, T = self._length, k.shape[2]
         if S + T > self._key.shape[2]:  # full: move to buffers with room for more tokens
             self._key, self._value = (self._grow(buf, S + T) for buf in (self._key, self._value))
@@ -91,6 +84,16 @@ class KVCache:
         self._value[:, :, S : S + T] = v
         self._length = S + T
         return self.key, self.value
+
+    def _check_update_inputs(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        if k.dim() != 4 or k.shape != v.shape:
+            raise ValueError(
+                f"k, v: expected two (B, Hkv, T, D) tensors of one shape, found {tuple(k.shape)} and {tuple(v.shape)}"
+            )
+        if self._key is not None and (k.shape[:2] != self._key.shape[:2] or k.shape[3] != self._key.shape[3]):
+            raise ValueError(
+                f"k: cache holds (B, Hkv, *, D) = {tuple(self.key.shape)}, cannot append {tuple(k.shape)}"
+            )
 
     def _grow(self, buf: torch.Tensor, needed: int) -> torch.Tensor:
         """A copy of the cached tokens of ``buf`` in a buffer of ``needed`` slots plus spare room."""
@@ -139,19 +142,23 @@ def attention_mask_bool(
     key ``j`` is hidden when ``attention_mask[b, j] == 0``. A row left with no key at all (a padding
     query before any real token) is opened up completely, so that softmax stays finite.
     """
+    _check_padding_mask(attention_mask, batch, past, new)
     total = past + new
     query_index = torch.arange(past, total, device=device)[:, None]  # (T, 1)
     key_index = torch.arange(total, device=device)[None, :]  # (1, S)
     allowed = (key_index <= query_index)[None, None]  # (1, 1, T, S)
     if attention_mask is None:
         return allowed
-    if attention_mask.shape != (batch, total):
-        raise ValueError(
-            f"attention_mask: expected the 2-D padding mask (B, past + T) = ({batch}, {total}) covering "
-            f"{past} cached and {new} new tokens, found {tuple(attention_mask.shape)}"
-        )
     allowed = allowed & attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # (B, 1, T, S)
     return allowed | ~allowed.any(dim=-1, keepdim=True)
+
+
+def _check_padding_mask(attention_mask: torch.Tensor | None, batch: int, past: int, new: int) -> None:
+    if attention_mask is not None and attention_mask.shape != (batch, past + new):
+        raise ValueError(
+            f"attention_mask: expected the 2-D padding mask (B, past + T) = ({batch}, {past + new}) covering "
+            f"{past} cached and {new} new tokens, found {tuple(attention_mask.shape)}"
+        )
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -256,8 +263,7 @@ class GatedAttention(nn.Module):
     ) -> torch.Tensor:
         """``x (B, T, hidden)``; ``cos, sin (B, T, rotary_dim)`` for the new tokens' positions;
         ``attention_mask (B, past + T)`` 1 = real token, 0 = padding, or None; ``cache`` is appended to."""
-        if x.dim() != 3:
-            raise ValueError(f"x: expected shape (B, T, hidden), found {tuple(x.shape)}")
+        self._check_forward_inputs(x)
         B, T, _ = x.shape
         q, k, v, gate = self.project(x, cos, sin)
         past = 0
@@ -272,6 +278,11 @@ class GatedAttention(nn.Module):
         out = out.transpose(1, 2).reshape(B, T, -1)  # (B, T, H D)
         out = out * torch.sigmoid(gate)  # each feature of each head has its own gate in (0, 1)
         return self.o_proj(out)  # (B, T, hidden)
+
+    @staticmethod
+    def _check_forward_inputs(x: torch.Tensor) -> None:
+        if x.dim() != 3:
+            raise ValueError(f"x: expected shape (B, T, hidden), found {tuple(x.shape)}")
 
     def extra_repr(self) -> str:
         return (

@@ -77,14 +77,9 @@ class HybridCache:
         (what ``transformers`` passes). Returns ``None`` when no padding has ever been seen, so the
         layers can take their fast unmasked path.
         """
-        past = self.seen_tokens
-        B = self.batch_size
+        self._check_new_mask(new_mask, num_new)
+        past, B = self.seen_tokens, self.batch_size
         if new_mask is not None:
-            if new_mask.dim() != 2 or new_mask.shape[0] != B or new_mask.shape[1] not in (num_new, past + num_new):
-                raise ValueError(
-                    f"attention_mask: expected shape ({B}, {num_new}) or ({B}, {past + num_new}) "
-                    f"(new tokens or all tokens), found {tuple(new_mask.shape)}"
-                )
             new_mask = new_mask[:, -num_new:].to(torch.long) if num_new else new_mask[:, :0].to(torch.long)
             if self.attention_mask is None and bool(new_mask.all()):
                 new_mask = None  # still no padding anywhere: stay on the fast path
@@ -98,12 +93,32 @@ class HybridCache:
         self.seen_tokens = past + num_new
         return self.attention_mask
 
+    def _check_new_mask(self, new_mask: torch.Tensor | None, num_new: int) -> None:
+        B, past = self.batch_size, self.seen_tokens
+        if new_mask is not None and (
+            new_mask.dim() != 2 or new_mask.shape[0] != B or new_mask.shape[1] not in (num_new, past + num_new)
+        ):
+            raise ValueError(
+                f"attention_mask: expected shape ({B}, {num_new}) or ({B}, {past + num_new}) "
+                f"(new tokens or all tokens), found {tuple(new_mask.shape)}"
+            )
+
     # ---------------------------------------------------------------------------- batch rows
     def reorder(self, index: torch.Tensor) -> HybridCache:
         """Replace the batch by rows ``index`` (LongTensor (B',), repeats allowed), in place.
 
         Beam search reorders rows this way; ``select`` uses it to drop finished rows.
         """
+        index = self._row_index(index)
+        for layer in self.layers:
+            _index_rows(layer, index)
+        if self.attention_mask is not None:
+            self.attention_mask = self.attention_mask.index_select(0, index.to(self.attention_mask.device))
+        self.batch_size = int(index.numel())
+        return self
+
+    def _row_index(self, index) -> torch.Tensor:
+        """``index`` as a 1-D LongTensor of existing rows (a boolean row mask becomes its row numbers)."""
         index = torch.as_tensor(index)
         if index.dtype == torch.bool:
             if index.shape != (self.batch_size,):
@@ -117,12 +132,7 @@ class HybridCache:
             )
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.batch_size):
             raise ValueError(f"index: rows must be in 0..{self.batch_size - 1}, found {index.tolist()}")
-        for layer in self.layers:
-            _index_rows(layer, index)
-        if self.attention_mask is not None:
-            self.attention_mask = self.attention_mask.index_select(0, index.to(self.attention_mask.device))
-        self.batch_size = int(index.numel())
-        return self
+        return index
 
     def select(self, rows) -> HybridCache:
         """Keep only ``rows`` (a list/LongTensor of row numbers or a boolean mask ``(B,)``), in place."""

@@ -90,16 +90,20 @@ def route(
     taken over all E experts in float32 (before the top-k, so the kept weights do not sum to 1 unless
     renormalised); ties in the top-k are broken the way ``torch.topk`` breaks them.
     """
-    if router_logits.dim() != 2:
-        raise ValueError(f"router_logits: expected shape (tokens, experts), found {tuple(router_logits.shape)}")
-    num_experts = router_logits.shape[-1]
-    if not 1 <= top_k <= num_experts:
-        raise ValueError(f"top_k: expected 1..{num_experts} (the number of experts), found {top_k}")
+    _check_route_inputs(router_logits, top_k)
     probs = F.softmax(router_logits, dim=-1, dtype=torch.float32)  # (N, E)
     top_p, top_i = torch.topk(probs, top_k, dim=-1)  # (N, k), (N, k)
     if norm_topk_prob:
         top_p = top_p / top_p.sum(dim=-1, keepdim=True)
     return top_p.to(dtype or router_logits.dtype), top_i, probs
+
+
+def _check_route_inputs(router_logits: torch.Tensor, top_k: int) -> None:
+    if router_logits.dim() != 2:
+        raise ValueError(f"router_logits: expected shape (tokens, experts), found {tuple(router_logits.shape)}")
+    num_experts = router_logits.shape[-1]
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(f"top_k: expected 1..{num_experts} (the number of experts), found {top_k}")
 
 
 # ----------------------------------------------------------------------------- dispatch strategies
@@ -240,17 +244,6 @@ class SparseMoeBlock(nn.Module):
 
 
 # --------------------------------------------------------------------------- load-balancing loss
-def _as_layers(router_logits) -> list[torch.Tensor]:
-    layers = [router_logits] if isinstance(router_logits, torch.Tensor) else list(router_logits)
-    if not layers:
-        raise ValueError("router_logits: expected one tensor per MoE layer, found none")
-    for i, t in enumerate(layers):
-        if not isinstance(t, torch.Tensor) or t.dim() != 2:
-            found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"router_logits[{i}]: expected a (tokens, experts) tensor, found {found}")
-    return layers
-
-
 def load_balancing_loss(
     router_logits: torch.Tensor | Sequence[torch.Tensor],
     num_experts: int,
@@ -266,17 +259,8 @@ def load_balancing_loss(
     ``router_aux_loss_coef``. Softmax in float32; the reference takes it in the logits' dtype, which
     is the same for float32 logits.
     """
-    layers = _as_layers(router_logits)
-    for i, t in enumerate(layers):
-        if t.shape[-1] != num_experts:
-            raise ValueError(f"router_logits[{i}]: expected {num_experts} experts (last dim), found {t.shape[-1]}")
-    mask = None
-    if attention_mask is not None:
-        mask = attention_mask.reshape(-1).float()  # (N,)
-        if mask.numel() != layers[0].shape[0]:
-            raise ValueError(
-                f"attention_mask: expected {layers[0].shape[0]} entries (B*T, one per router row), found {mask.numel()}"
-            )
+    layers = _check_loss_inputs(router_logits, num_experts, attention_mask)  # one (N, E) tensor per layer
+    mask = None if attention_mask is None else attention_mask.reshape(-1).float()  # (N,)
     counts = torch.zeros(num_experts, dtype=torch.float32, device=layers[0].device)  # sum_t 1[e in topk(t)]
     prob_sum = torch.zeros(num_experts, dtype=torch.float32, device=layers[0].device)  # sum_t p_e(t)
     rows = 0.0
@@ -290,6 +274,25 @@ def load_balancing_loss(
     f = counts / rows  # (E,) fraction of tokens routed to e
     P = prob_sum / rows  # (E,) mean router probability of e
     return num_experts * (f * P).sum()
+
+
+def _check_loss_inputs(router_logits, num_experts: int, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """The router logits as a list of (N, E) tensors, one per layer, or a clear error."""
+    layers = [router_logits] if isinstance(router_logits, torch.Tensor) else list(router_logits)
+    if not layers:
+        raise ValueError("router_logits: expected one tensor per MoE layer, found none")
+    for i, t in enumerate(layers):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"router_logits[{i}]: expected a (tokens, experts) tensor, found {found}")
+        if t.shape[-1] != num_experts:
+            raise ValueError(f"router_logits[{i}]: expected {num_experts} experts (last dim), found {t.shape[-1]}")
+    if attention_mask is not None and attention_mask.numel() != layers[0].shape[0]:
+        raise ValueError(
+            f"attention_mask: expected {layers[0].shape[0]} entries (B*T, one per router row), "
+            f"found {attention_mask.numel()}"
+        )
+    return layers
 
 
 # ------------------------------------------------------------------------------ routing statistics

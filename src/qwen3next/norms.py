@@ -25,9 +25,11 @@ def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x.float(), (x.shape[-1],), eps=eps)
 
 
-def _check_last_dim(name: str, x: torch.Tensor, dim: int) -> None:
+def _check_norm_inputs(x: torch.Tensor, dim: int, gate: torch.Tensor | None = None) -> None:
     if x.dim() == 0 or x.shape[-1] != dim:
-        raise ValueError(f"{name}: expected last dimension {dim} (the norm's width), found shape {tuple(x.shape)}")
+        raise ValueError(f"x: expected last dimension {dim} (the norm's width), found shape {tuple(x.shape)}")
+    if gate is not None and gate.shape != x.shape:
+        raise ValueError(f"gate: expected the shape of x {tuple(x.shape)}, found {tuple(gate.shape)}")
 
 
 class RMSNorm(nn.Module):
@@ -45,7 +47,7 @@ class RMSNorm(nn.Module):
         self.weight.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., D)
-        _check_last_dim("x", x, self.weight.shape[0])
+        _check_norm_inputs(x, self.weight.shape[0])
         # scale in float32, then cast: rounding once at the end, as the reference does
         return (rms_normalize(x, self.eps) * (1.0 + self.weight.float())).type_as(x)
 
@@ -68,9 +70,7 @@ class RMSNormGated(nn.Module):
         self.weight.fill_(1.0)
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # (..., D), (..., D)
-        _check_last_dim("x", x, self.weight.shape[0])
-        if gate.shape != x.shape:
-            raise ValueError(f"gate: expected the shape of x {tuple(x.shape)}, found {tuple(gate.shape)}")
+        _check_norm_inputs(x, self.weight.shape[0], gate)
         dtype = x.dtype
         # the normalised value is rounded to the input dtype before the gain, like the reference
         y = self.weight * rms_normalize(x, self.eps).to(dtype)
