@@ -7,7 +7,7 @@ from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextAttentio
 from qwen3next.attention import (
     GatedAttention,
     KVCache,
-    attention_mask_bool,
+    allowed_positions,
     attention_weights,
     eager_attention,
     sdpa_attention,
@@ -65,7 +65,7 @@ def test_state_dict_is_the_checkpoint_layout():
         "q_proj.weight": (8192, 2048), "k_proj.weight": (512, 2048), "v_proj.weight": (512, 2048),
         "o_proj.weight": (2048, 4096), "q_norm.weight": (256,), "k_norm.weight": (256,),
     }
-    assert sum(p.numel() for p in attn.parameters()) == 27_263_488  # SPEC section 5
+    assert sum(p.numel() for p in attn.parameters()) == 27_263_488  # the book's reference page, parameter counts
     assert all(m.bias is None for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
 
 
@@ -208,20 +208,20 @@ def test_causality():
 
 
 def test_mask_builder():
-    allowed = attention_mask_bool(None, 1, past=2, new=3, device=torch.device("cpu"))
+    allowed = allowed_positions(None, 1, past=2, new=3, device=torch.device("cpu"))
     assert allowed.shape == (1, 1, 3, 5)
     assert allowed[0, 0].int().tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
     pad = torch.tensor([[0, 0, 0, 1, 1]])
-    allowed = attention_mask_bool(pad, 1, past=2, new=3, device=torch.device("cpu"))
+    allowed = allowed_positions(pad, 1, past=2, new=3, device=torch.device("cpu"))
     assert allowed[0, 0].int().tolist() == [[1, 1, 1, 1, 1], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
     with pytest.raises(ValueError, match=r"attention_mask: expected .* \(1, 5\)"):
-        attention_mask_bool(torch.ones(1, 3), 1, past=2, new=3, device=torch.device("cpu"))
+        allowed_positions(torch.ones(1, 3), 1, past=2, new=3, device=torch.device("cpu"))
 
 
 def test_kernels_agree_on_random_gqa():
     torch.manual_seed(3)
     q, k, v = torch.randn(2, 8, 5, 16), torch.randn(2, 2, 7, 16), torch.randn(2, 2, 7, 16)
-    allowed = attention_mask_bool(torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1]]), 2, 2, 5, torch.device("cpu"))
+    allowed = allowed_positions(torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1]]), 2, 2, 5, torch.device("cpu"))
     o = eager_attention(q, k, v, allowed)
     assert max_abs_diff(o, sdpa_attention(q, k, v, allowed)) <= 1e-5
     # GQA: query head 5 reads kv head 5 // 4 = 1
@@ -239,7 +239,7 @@ def test_kv_cache_bookkeeping():
     k_all, v_all = cache.update(k2, v2)
     assert k_all.shape == (3, 2, 5, 8) and torch.equal(k_all[:, :, 4:], k2) and torch.equal(v_all[:, :, :4], v)
     assert cache.nbytes() == 2 * 3 * 2 * 5 * 8 * 4
-    cache.select(torch.tensor([2, 0]))
+    cache.reorder(torch.tensor([2, 0]))
     assert cache.key.shape[0] == 2 and torch.equal(cache.value[0, :, :4], v[2])
     assert torch.equal(cache.key[1, :, 4:], k2[0])
     cache.crop(3)
@@ -255,7 +255,7 @@ def test_kv_cache_bookkeeping():
 
 
 def test_real_width_kv_cache_bytes_per_token():
-    """SPEC section 3: 12 attention layers x (K + V) x 2 heads x 256 x bf16 = 24 KiB per token."""
+    """The hybrid cache: 12 attention layers x (K + V) x 2 heads x 256 x bf16 = 24 KiB per token."""
     cache = KVCache()
     kv = torch.zeros(1, 2, 1, 256, dtype=torch.bfloat16)
     cache.update(kv, kv)
@@ -276,7 +276,7 @@ def test_attention_weights_match_reference():
     x, cos, sin, mask = _inputs(TINY)
     with torch.no_grad():
         q, k, _, _ = ours.project(x, cos, sin)
-        weights = attention_weights(q, k, attention_mask_bool(mask, 2, 0, x.shape[1], x.device))
+        weights = attention_weights(q, k, allowed_positions(mask, 2, 0, x.shape[1], x.device))
         _, ref_weights = ref(x, (cos, sin), _reference_mask(mask, torch.float32))
     assert weights.shape == (2, TINY.num_attention_heads, 9, 9)
     assert torch.allclose(weights.sum(-1), torch.ones(2, TINY.num_attention_heads, 9))
@@ -345,6 +345,6 @@ def test_sdpa_without_mask_is_causal_attention():
     k, v = torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
     for past, new in ((0, 9), (8, 1), (5, 4)):
         q = torch.randn(2, 4, new, 8)
-        allowed = attention_mask_bool(None, 2, past, new, q.device)
+        allowed = allowed_positions(None, 2, past, new, q.device)
         expected = eager_attention(q, k, v, allowed)
         assert max_abs_diff(sdpa_attention(q, k, v, None), expected) <= 1e-5

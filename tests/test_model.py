@@ -220,7 +220,7 @@ def test_init_refuses_a_parameter_without_a_rule():
 
 @pytest.mark.slow
 def test_full_model_on_meta_matches_hub_layout():
-    """The released config: exact parameter count, and the Hub keys and shapes (SPEC sections 4 and 5)."""
+    """The released config: exact parameter count, and the Hub keys and shapes."""
     cfg = Qwen3NextConfig.full()
     with torch.device("meta"):
         m = Qwen3NextForCausalLM(cfg)
@@ -242,7 +242,7 @@ def test_full_model_on_meta_matches_hub_layout():
         else:
             expected[key] = tuple(t.shape)
     assert {k: tuple(v.shape) for k, v in sd.items()} == expected
-    # spot checks against SPEC section 4, written out
+    # spot checks against the checkpoint layout, written out
     assert tuple(sd["model.layers.0.linear_attn.in_proj_qkvz.weight"].shape) == (12288, 2048)
     assert tuple(sd["model.layers.0.linear_attn.conv1d.weight"].shape) == (8192, 1, 4)
     assert tuple(sd["model.layers.3.self_attn.q_proj.weight"].shape) == (8192, 2048)
@@ -311,7 +311,7 @@ def test_exercise_checks():
                     + cfg.linear_num_value_heads * cfg.linear_key_head_dim * cfg.linear_value_head_dim * 4)
     assert ex.check_cache_bytes_at_256k(kv + state)
     assert not ex.check_cache_bytes_at_256k(kv)
-    assert ex.check_deltanet_layer_params(33_718_464 + 1_614_809_088 + 2 * 2048)  # SPEC section 5
+    assert ex.check_deltanet_layer_params(33_718_464 + 1_614_809_088 + 2 * 2048)  # parameter counts
     assert not ex.check_deltanet_layer_params(1_614_809_088)
     assert ex.check_top_p(lambda z, p: filter_logits(z, top_p=p))
     assert not ex.check_top_p(lambda z, p: filter_logits(z, top_k=5))

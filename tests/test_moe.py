@@ -168,7 +168,7 @@ def test_state_dict_keys_are_the_hub_keys():
     assert shapes["experts.7.down_proj.weight"] == (2048, 512)
     assert shapes["shared_expert.down_proj.weight"] == (2048, 512)
     assert shapes["shared_expert_gate.weight"] == (1, 2048)
-    assert sum(p.numel() for p in block.parameters()) == 1_614_809_088  # SPEC section 5
+    assert sum(p.numel() for p in block.parameters()) == 1_614_809_088  # parameter counts
 
 
 def test_state_dict_converter_loads_into_reference():

@@ -103,12 +103,12 @@ class KVCache:
         new[:, :, : self._length] = buf[:, :, : self._length]
         return new
 
-    def select(self, batch_index: torch.Tensor) -> None:
-        """Keep (and reorder) the batch rows ``batch_index``, in place: beam search, dropping finished rows."""
+    def reorder(self, index: torch.Tensor) -> None:
+        """The batch becomes rows ``index`` (a 1-D LongTensor, repeats allowed) of the old one, in place."""
         if self._key is not None:
-            batch_index = batch_index.to(self._key.device)
-            self._key = self.key.index_select(0, batch_index)
-            self._value = self.value.index_select(0, batch_index)
+            index = index.to(self._key.device)
+            self._key = self.key.index_select(0, index)
+            self._value = self.value.index_select(0, index)
 
     def crop(self, length: int) -> None:
         """Forget every token after the first ``length`` (e.g. rejected speculative tokens)."""
@@ -133,7 +133,7 @@ class KVCache:
         return f"KVCache(length={self.length}, key_shape={shape})"
 
 
-def attention_mask_bool(
+def allowed_positions(
     attention_mask: torch.Tensor | None, batch: int, past: int, new: int, device: torch.device
 ) -> torch.Tensor:
     """Which keys each new query may read: ``(B or 1, 1, T, past + T)`` booleans, True = allowed.
@@ -202,7 +202,7 @@ def sdpa_attention(
         if T == S:
             causal = True
         else:  # a chunk of several new tokens after a cached prefix: spell the causal mask out
-            allowed = attention_mask_bool(None, q.shape[0], S - T, T, q.device)
+            allowed = allowed_positions(None, q.shape[0], S - T, T, q.device)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=allowed, is_causal=causal, scale=q.shape[-1] ** -0.5, enable_gqa=gqa
     )
@@ -273,7 +273,7 @@ class GatedAttention(nn.Module):
         if attention_mask is None and self.implementation == "sdpa":
             allowed = None  # causal and unpadded: the fused kernel masks by itself, no mask tensor to build
         else:
-            allowed = attention_mask_bool(attention_mask, B, past, T, x.device)  # (B or 1, 1, T, past + T)
+            allowed = allowed_positions(attention_mask, B, past, T, x.device)  # (B or 1, 1, T, past + T)
         out = KERNELS[self.implementation](q, k, v, allowed)  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(B, T, -1)  # (B, T, H D)
         out = out * torch.sigmoid(gate)  # each feature of each head has its own gate in (0, 1)

@@ -98,8 +98,8 @@ class DeltaNetState:
         self.conv_state = None
         self.recurrent_state = None
 
-    def select(self, batch_index) -> None:
-        """Keep (and reorder) the batch rows ``batch_index`` (a list or LongTensor), in place."""
+    def reorder(self, batch_index) -> None:
+        """The batch becomes rows ``batch_index`` (a list or 1-D LongTensor, repeats allowed), in place."""
         if self.is_empty:
             return
         index = self._check_rows(batch_index)
@@ -168,7 +168,7 @@ class GatedDeltaNet(nn.Module):
         self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0.01, 16).log_())
 
     def split_projections(self, qkvz: torch.Tensor, ba: torch.Tensor):
-        """De-interleave the fused projections (SPEC section 2).
+        """De-interleave the fused projections (the book's reference page, "The blocks, exactly").
 
         ``qkvz`` (B, T, Hk * (2Dk + 2rDv)) holds, per key head, ``[q | k | v of its r value heads | z of
         them]``; ``ba`` (B, T, 2Hv) holds, per key head, ``[b of its r value heads | a of them]``.

@@ -228,9 +228,8 @@ class Qwen3NextForCausalLM(nn.Module):
                             expert_cache_size=expert_cache_size)
 
     def new_cache(self, batch_size: int = 1) -> HybridCache:
-        """An empty hybrid cache for ``batch_size`` rows, on this model's device."""
-        p = self.lm_head.weight
-        return HybridCache.for_config(self.config, batch_size, device=p.device, dtype=p.dtype)
+        """An empty hybrid cache for ``batch_size`` rows (its tensors come with the first forward pass)."""
+        return HybridCache.for_config(self.config, batch_size)
 
     # -------------------------------------------------------------------------------- forward
     def forward(

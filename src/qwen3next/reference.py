@@ -24,7 +24,7 @@ def max_abs_diff(a, b) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
-# ---------------------------------------------------------------------------------------- moe (issue 6)
+# ------------------------------------------------------------------------------------------------ moe
 def tie_moe_weights(ours, ref, source: str = "ours") -> None:
     """Make our ``moe.SparseMoeBlock`` and a reference ``Qwen3NextSparseMoeBlock`` share one copy of weights.
 
@@ -104,7 +104,7 @@ def moe_state_dict_to_reference(state_dict: dict) -> dict:
     return out
 
 
-# -------------------------------------------------------------------------------------- model (issue 7)
+# ---------------------------------------------------------------------------------------------- model
 def layer_differences(ours, ref, input_ids, **kwargs) -> list[float]:
     """Where two whole models part ways: max |diff| of the residual stream after each layer.
 
