@@ -13,7 +13,7 @@ from qwen3next.attention import (
     sdpa_attention,
 )
 from qwen3next.config import Qwen3NextConfig
-from qwen3next.reference import max_abs_diff, reference_config
+from qwen3next.reference import max_abs_diff, reference_config, reference_twin
 from qwen3next.rope import RotaryEmbedding
 
 REAL = Qwen3NextConfig.full()  # hidden 2048, 16 / 2 heads of 256
@@ -27,12 +27,6 @@ def _attention(cfg, seed=0, implementation="sdpa"):
         attn.q_norm.weight.normal_(0, 0.2)
         attn.k_norm.weight.normal_(0, 0.2)
     return attn
-
-
-def _reference(cfg, ours):
-    ref = Qwen3NextAttention(reference_config(cfg), layer_idx=3)
-    ref.load_state_dict(ours.state_dict())
-    return ref
 
 
 def _inputs(cfg, B=2, T=9, pad=3, seed=1):
@@ -81,7 +75,7 @@ def test_built_alone_is_initialised_like_the_reference_built_alone():
 @pytest.mark.parametrize("cfg", [TINY, pytest.param(REAL, marks=pytest.mark.slow)], ids=["tiny", "real"])
 def test_matches_reference_fp32(cfg, implementation):
     ours = _attention(cfg, implementation=implementation)
-    ref = _reference(cfg, ours)
+    ref = reference_twin(ours, cfg)
     x, cos, sin, mask = _inputs(cfg)
     with torch.no_grad():
         y = ours(x, cos, sin, attention_mask=mask)
@@ -97,7 +91,7 @@ def test_matches_reference_fp32(cfg, implementation):
 @pytest.mark.parametrize("cfg", [TINY, pytest.param(REAL, marks=pytest.mark.slow)], ids=["tiny", "real"])
 def test_matches_reference_bf16(cfg, implementation, tol):
     ours = _attention(cfg, implementation=implementation)
-    ref = _reference(cfg, ours)
+    ref = reference_twin(ours, cfg)
     ours, ref = ours.to(torch.bfloat16), ref.to(torch.bfloat16)
     x, cos, sin, mask = _inputs(cfg)
     x = x.to(torch.bfloat16)
@@ -272,7 +266,7 @@ def test_bad_input_errors():
 
 def test_attention_weights_match_reference():
     ours = _attention(TINY)
-    ref = _reference(TINY, ours)
+    ref = reference_twin(ours, TINY)
     x, cos, sin, mask = _inputs(TINY)
     with torch.no_grad():
         q, k, _, _ = ours.project(x, cos, sin)

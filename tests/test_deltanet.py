@@ -8,12 +8,11 @@ import math
 
 import pytest
 import torch
+from transformers.models.qwen3_next import modeling_qwen3_next as ref_mod
 
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.deltanet import DeltaNetState, GatedDeltaNet, causal_conv1d, causal_conv1d_step
-from qwen3next.reference import max_abs_diff, reference_config
-
-ref_mod = pytest.importorskip("transformers.models.qwen3_next.modeling_qwen3_next")
+from qwen3next.reference import max_abs_diff, reference_config, reference_twin
 
 TOL = 1e-5
 
@@ -69,9 +68,8 @@ def build_pair(cfg: Qwen3NextConfig, seed=0, std=None):
         with torch.no_grad():
             for p in ours.parameters():
                 p.normal_(0, std)
-    ref = ref_mod.Qwen3NextGatedDeltaNet(reference_config(cfg), 0)
-    ref.load_state_dict(ours.state_dict())
-    return ours.eval(), ref.eval()
+    ours.eval()
+    return ours, reference_twin(ours, cfg)
 
 
 def test_parameter_names_and_shapes_are_the_hub_keys():

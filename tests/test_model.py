@@ -6,14 +6,13 @@ import copy
 
 import pytest
 import torch
+import transformers
 
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.deltanet import GatedDeltaNet
 from qwen3next.model import Qwen3NextForCausalLM
-from qwen3next.reference import layer_differences, max_abs_diff, moe_state_dict_to_reference, reference_config
+from qwen3next.reference import layer_differences, max_abs_diff, reference_config, reference_twin
 from qwen3next.rope import RotaryEmbedding
-
-transformers = pytest.importorskip("transformers")
 
 # Tiny configs that each exercise one thing the release does not (or does differently).
 CONFIGS = {
@@ -36,11 +35,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def build_pair(cfg: Qwen3NextConfig, seed: int = 0, dtype=torch.float32):
     """Our model with random weights and the reference holding the same weights."""
     torch.manual_seed(seed)
-    ours = Qwen3NextForCausalLM(cfg).eval()
-    ref = transformers.Qwen3NextForCausalLM(reference_config(cfg)).eval()
-    missing = ref.load_state_dict(moe_state_dict_to_reference(ours.state_dict()), strict=True)
-    assert not missing.missing_keys and not missing.unexpected_keys
-    return ours.to(dtype), ref.to(dtype)
+    ours = Qwen3NextForCausalLM(cfg).eval().to(dtype)
+    return ours, reference_twin(ours, cfg)
 
 
 @pytest.fixture(scope="module")

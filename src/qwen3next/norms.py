@@ -32,14 +32,24 @@ def _check_norm_inputs(x: torch.Tensor, dim: int, gate: torch.Tensor | None = No
         raise ValueError(f"gate: expected the shape of x {tuple(x.shape)}, found {tuple(gate.shape)}")
 
 
-class RMSNorm(nn.Module):
-    """Zero-centred RMSNorm: the gain is ``1 + weight`` so weight decay pulls it towards 1, not 0."""
+class _RMSNormBase(nn.Module):
+    """What both norms share: a per-channel gain ``weight`` (D,) and ``eps``."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(dim))  # (D,)
         self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.eps}"
+
+
+class RMSNorm(_RMSNormBase):
+    """Zero-centred RMSNorm: the gain is ``1 + weight`` so weight decay pulls it towards 1, not 0."""
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -51,18 +61,9 @@ class RMSNorm(nn.Module):
         # scale in float32, then cast: rounding once at the end, as the reference does
         return (rms_normalize(x, self.eps) * (1.0 + self.weight.float())).type_as(x)
 
-    def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.eps}"
 
-
-class RMSNormGated(nn.Module):
+class RMSNormGated(_RMSNormBase):
     """RMSNorm with a plain gain followed by a SiLU gate (the DeltaNet output norm)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.empty(dim))  # (D,)
-        self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -76,6 +77,3 @@ class RMSNormGated(nn.Module):
         y = self.weight * rms_normalize(x, self.eps).to(dtype)
         y = y * F.silu(gate.float())
         return y.to(dtype)
-
-    def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.eps}"
