@@ -290,6 +290,20 @@ def test_real_width_matches_reference_bfloat16():
     assert torch.equal(route(logits, cfg.num_experts_per_tok)[1][ties], ref_idx[ties])
 
 
+@torch.no_grad()
+def test_real_width_pair_with_memory_of_its_own():
+    """The fill for timings: each expert in its own memory, our experts views of the reference's."""
+    cfg = Qwen3NextConfig.full().replace(num_experts=12)  # real widths, fewer experts
+    cfg, ours, ref = real_width_moe_pair(torch.bfloat16, cfg=cfg, own_memory=True)
+    fused = ref.experts.gate_up_proj
+    assert fused.is_contiguous() and fused.untyped_storage().nbytes() == fused.numel() * 2
+    assert ours.experts[5].up_proj.weight.data_ptr() == fused[5, cfg.moe_intermediate_size:].data_ptr()
+    assert not torch.equal(fused[0], fused[1]) and 0.015 < fused.float().std() < 0.025
+    x = torch.randn(1, 4, cfg.hidden_size, generator=torch.Generator().manual_seed(0)).bfloat16()
+    y, _ = ours(x, dispatch="loop")
+    assert (y.float() - ref(x).float()).abs().max() <= 2 * 2**-8 * y.float().abs().max()
+
+
 # --------------------------------------------------------------------------- dispatch paths agree
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dispatch_paths_agree(dtype):

@@ -101,24 +101,55 @@ def random_reference_model(cfg: Qwen3NextConfig, seed: int = 0) -> nn.Module:
     return ref
 
 
-def real_width_moe_pair(dtype: torch.dtype, seed: int = 0, cfg: Qwen3NextConfig | None = None):
+def real_width_moe_pair(dtype: torch.dtype, seed: int = 0, cfg: Qwen3NextConfig | None = None,
+                        own_memory: bool = False):
     """Our sparse MoE block and the reference's at the released width, sharing one copy of weights.
 
-    Returns ``(cfg, ours, ref)``. Distinct random experts would take 1.61 billion numbers (6.4 GB in
-    float32). Instead the reference's fused expert tensors are strided windows into one random pool:
-    expert e's matrix starts ``stride`` numbers after expert e-1's, so every expert is a different
-    matrix (neighbours are shifted by a few rows and columns) but the pool holds only a few million
-    numbers. Routing, shapes and per-expert compute are those of the real block; only the values are
-    synthetic. Our experts are views of the same memory (:func:`tie_moe_weights`).
+    Returns ``(cfg, ours, ref)``; our experts are views of the reference's fused tensors
+    (:func:`tie_moe_weights`). Drawing 1.6 billion random numbers would take longer than the checks
+    that use them, so the weights are windows of one random pool of a few million numbers:
+
+    * ``own_memory=False``: the fused expert tensors are strided views into the pool, expert e's
+      matrix ``stride`` numbers after expert e-1's. Every expert is a different matrix (neighbours
+      are shifted by a few rows and columns), yet the whole block takes a few MB. For checks.
+    * ``own_memory=True``: every tensor gets its own memory (3.2 GB in bfloat16, as a checkpoint's
+      would), filled with copies of pool windows at random offsets. For timings, where reading the
+      weights from memory is the cost being measured.
+
+    Routing, shapes and per-expert compute are those of the real block; only the values are synthetic.
     """
     from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextSparseMoeBlock
 
     cfg = cfg or Qwen3NextConfig.full()
-    E, H, I = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
     g = torch.Generator().manual_seed(seed)
     with torch.device("meta"):  # nothing allocated yet
         ref = Qwen3NextSparseMoeBlock(reference_config(cfg, experts_implementation="eager")).to(dtype)
         ours = SparseMoeBlock(cfg).to(dtype)
+    if own_memory:
+        _fill_from_pool(ref.to_empty(device="cpu"), g)
+    else:
+        _fill_overlapping(ref, cfg, dtype, g)
+    tie_moe_weights(ours, ref, source="reference")
+    return cfg, ours, ref
+
+
+def _fill_from_pool(module: nn.Module, g: torch.Generator, std: float = 0.02) -> None:
+    """Fill every parameter with copies of windows of one N(0, std) pool, at random offsets."""
+    dtype = next(module.parameters()).dtype
+    pool = (std * torch.randn(1 << 24, generator=g)).to(dtype)
+    window = 1 << 22
+    with torch.no_grad():
+        for p in module.parameters():
+            flat = p.view(-1)
+            for start in range(0, flat.numel(), window):
+                n = min(window, flat.numel() - start)
+                offset = int(torch.randint(0, pool.numel() - n, (1,), generator=g))
+                flat[start:start + n].copy_(pool[offset:offset + n])
+
+
+def _fill_overlapping(ref: nn.Module, cfg: Qwen3NextConfig, dtype: torch.dtype, g: torch.Generator) -> None:
+    """Random router and shared expert; fused experts as strided views into one pool each."""
+    E, H, I = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
     for name in _SHARED_MOE_WEIGHTS:
         module = ref.get_submodule(name)
         module.weight = nn.Parameter((torch.randn(module.weight.shape, generator=g) * 0.02).to(dtype))
@@ -126,12 +157,9 @@ def real_width_moe_pair(dtype: torch.dtype, seed: int = 0, cfg: Qwen3NextConfig 
     # matmul down a much slower path); 8208 = 4 rows + 16 columns of shift between neighbours
     stride = 8208
     for name, shape in (("gate_up_proj", (E, 2 * I, H)), ("down_proj", (E, H, I))):
-        per_expert = shape[1] * shape[2]
-        pool = (torch.randn((E - 1) * stride + per_expert, generator=g) * 0.02).to(dtype)
+        pool = (torch.randn((E - 1) * stride + shape[1] * shape[2], generator=g) * 0.02).to(dtype)
         fused = pool.as_strided(shape, (stride, shape[2], 1))
         setattr(ref.experts, name, nn.Parameter(fused, requires_grad=False))
-    tie_moe_weights(ours, ref, source="reference")
-    return cfg, ours, ref
 
 
 # ------------------------------------------------------------------------------------------------ moe
