@@ -37,6 +37,7 @@ from torch import nn
 from .attention import KVCache
 from .checkpoint import CheckpointError, mtp_layout
 from .config import Qwen3NextConfig
+from .decoder_layer import DecoderLayer
 from .norms import RMSNorm
 
 PREFIX = "mtp."
@@ -61,8 +62,6 @@ class MultiTokenPredictor(nn.Module):
 
     def __init__(self, config: Qwen3NextConfig):
         super().__init__()
-        from .model import DecoderLayer  # model.py builds this head, so import it late
-
         H, eps = config.hidden_size, config.rms_norm_eps
         self.pre_fc_norm_embedding = RMSNorm(H, eps=eps)
         self.pre_fc_norm_hidden = RMSNorm(H, eps=eps)
