@@ -105,8 +105,9 @@ class Reply:
     tokens: list[int]
     prompt_tokens: int  # the whole rendered conversation
     reused_tokens: int  # taken from the cache
-    time_to_first_token: float  # seconds, from the call to the first new token
+    time_to_first_token: float  # seconds (wall clock), from the call to the first new token
     seconds: float
+    cpu_time_to_first_token: float = 0.0  # the same in CPU time (this process)
     logits: list[torch.Tensor] = field(default_factory=list, repr=False)  # if the session records them
 
     @property
@@ -167,7 +168,7 @@ class ChatSession:
 
     def _respond(self, max_new_tokens: int = 512, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int | None = None, on_text=None) -> Reply:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ids = self.render()
         if len(ids) + max_new_tokens > self.max_len:
             raise ValueError(f"the conversation ({len(ids)} tokens) plus {max_new_tokens} new tokens exceeds "
@@ -184,11 +185,11 @@ class ChatSession:
         self._end_logits = (len(ids), logits)
         generator = torch.Generator().manual_seed(seed or 0) if temperature > 0 else None
         opened = self.thinking
-        new, recorded, first = [], [], None
+        new, recorded, first, cpu_first = [], [], None, None
         stream = _Stream(self.tok, opened, on_text)
         while True:
             token = int(next_token(logits[None].float(), temperature, top_k, top_p, generator=generator)[0])
-            first = first or time.perf_counter()
+            first, cpu_first = first or time.perf_counter(), cpu_first or time.process_time()
             if self.record_logits:
                 recorded.append(logits.float())
             new.append(token)
@@ -209,7 +210,7 @@ class ChatSession:
             message["tool_calls"] = [{"name": c.name, "arguments": c.arguments} for c in calls if not c.error]
         self.messages.append(message)
         return Reply(text, content, reasoning, calls, new, len(ids), reused, first - t0,
-                     time.perf_counter() - t0, recorded)
+                     time.perf_counter() - t0, cpu_first - c0, recorded)
 
     # ------------------------------------------------------------------------ cache positions
     def _rewind(self, position: int) -> int:
