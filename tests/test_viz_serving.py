@@ -9,10 +9,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
+from qwen3next.config import Qwen3NextConfig  # noqa: E402
 from qwen3next.engine import Engine, Request  # noqa: E402
+from qwen3next.parallel_memory import memory_per_rank  # noqa: E402
 from qwen3next.viz.serving import (  # noqa: E402
     draw_hit_rates,
     draw_memory,
+    draw_memory_per_rank,
     draw_step_flow,
     draw_timeline,
     memory_snapshot,
@@ -35,10 +38,12 @@ def test_memory_and_timeline_drawings(model):
     engine.step()
     engine.step()
     snap = memory_snapshot(engine)
-    ax = draw_memory(snap)
-    texts = _texts(ax)
-    assert "state slots" in texts and "block pool (4 tokens a block)" in texts
-    assert "slot 0: A" in texts and str(snap["running"][0][2][0]) in texts
+    slots, tables, pool = draw_memory(snap).axes
+    assert [ax.get_title() for ax in (slots, tables, pool)] == ["state slots", "block tables",
+                                                                 "block pool (4 tokens each)"]
+    assert _texts(slots) == ["A", "B"]
+    assert [t.get_text() for t in tables.get_yticklabels()] == ["A", "B"]
+    assert str(snap["running"][1][2][0]) in _texts(pool)
     plt.close("all")
     while engine.has_work:
         engine.step()
@@ -57,4 +62,9 @@ def test_hit_rate_and_flow_drawings():
     ax = draw_step_flow()
     assert any("sparse MoE, all N tokens" in t for t in _texts(ax))
     assert any("(B, Hv, Dk, Dv) fp32" in t for t in _texts(ax))
+    plt.close("all")
+    rows = {n: memory_per_rank(Qwen3NextConfig.full(), n) for n in (1, 8)}
+    ax = draw_memory_per_rank(rows)
+    assert [t.get_text() for t in ax.get_legend().get_texts()][0] == "routed experts"
+    assert "a 24 GiB GPU" in _texts(ax) and ax.get_xlabel() == "ranks (TP = EP)"
     plt.close("all")

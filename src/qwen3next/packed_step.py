@@ -123,19 +123,21 @@ class PackedRunner:
         _check(segments)
         model = self.model.model
         device = self.model.lm_head.weight.device
-        ids = torch.tensor([t for s in segments for t in s.seq.tokens[s.start:s.end]], device=device)
-        positions = torch.tensor([p for s in segments for p in range(s.start, s.end)], device=device)
-        x = model.embed_tokens(ids)[None]  # (1, N, hidden)
-        cos, sin = model.rotary_emb(positions[None])  # (1, N, rotary_dim) each
+        ids = [t for s in segments for t in s.seq.tokens[s.start:s.end]]
+        positions = [p for s in segments for p in range(s.start, s.end)]
+        x = model.embed_tokens(torch.tensor(ids, device=device))[None]  # (1, N, hidden)
+        pos = torch.tensor([positions], device=device)
+        cos, sin = model.rotary_emb(pos)  # (1, N, rotary_dim) each
         groups = _groups(segments)
         for i, layer in enumerate(model.layers):
             h = layer.input_layernorm(x)
-            mixed = [self._mix(i, layer, segs, h[:, part], cos[:, part], sin[:, part]) for segs, part in groups]
+            mixed = [self._mix(i, layer, segs, h[:, part], cos[:, part], sin[:, part])
+                     for segs, part in groups]  # per prompt chunk / decode batch
             x = x + torch.cat(mixed, dim=1)
-            y = layer.mlp(layer.post_attention_layernorm(x))  # every request's tokens through the experts at once
+            y = layer.mlp(layer.post_attention_layernorm(x))  # all tokens at once
             x = x + (y[0] if isinstance(y, tuple) else y)
-        ends = torch.tensor([0] + [len(s) for s in segments]).cumsum(0)[1:] - 1  # last token of each segment
-        want = [int(e) for e, s in zip(ends, segments, strict=True) if s.logits]
+        last = torch.tensor([len(s) for s in segments]).cumsum(0) - 1  # where each ends
+        want = [int(e) for e, s in zip(last, segments, strict=True) if s.logits]
         logits = self.model.lm_head(model.norm(x[0, want]))  # (n, vocab)
         for seg in segments:
             seg.seq.num_computed = seg.end

@@ -200,18 +200,23 @@ class PagedKV:
         keep = [[0] * (longest - p) + [1] * (p + 1) for p in self.past]  # one new token per row (decode)
         return torch.tensor(keep, dtype=torch.long)
 
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write ``k, v (B, Hkv, T, D)`` after each row's past; return all rows' K, V ``(B, Hkv, S, D)``."""
         B, _, T, _ = k.shape
+        self._check(B, T)
+        longest = self.length + T
+        index = torch.zeros(B, longest, dtype=torch.long)  # padding: slot 0, masked out
+        for b, (table, past) in enumerate(zip(self.tables, self.past, strict=True)):
+            new = table.slots(past, past + T)
+            self.pool.write(self.layer, new, k[b].transpose(0, 1), v[b].transpose(0, 1))
+            index[b, longest - past - T:] = table.slots(0, past + T)  # left-padded
+        keys, values = self.pool.read(self.layer, index)  # (B, S, Hkv, D)
+        return keys.transpose(1, 2).to(k.dtype), values.transpose(1, 2).to(v.dtype)
+
+    def _check(self, B: int, T: int) -> None:
         if B != len(self.tables):
             raise ValueError(f"PagedKV: {len(self.tables)} block tables, but k has {B} rows")
         if T > 1 and B > 1:
             raise ValueError("PagedKV: a batch of several rows appends one token per row (decode steps)")
-        longest = self.length + T
-        index = torch.zeros(B, longest, dtype=torch.long)  # padding points at slot 0 and is masked out
-        for b, (table, past) in enumerate(zip(self.tables, self.past, strict=True)):
-            new = table.slots(past, past + T)
-            self.pool.write(self.layer, new, k[b].transpose(0, 1), v[b].transpose(0, 1))  # (T, Hkv, D)
-            index[b, longest - past - T:] = table.slots(0, past + T)
-        keys, values = self.pool.read(self.layer, index)  # (B, S, Hkv, D)
-        return keys.transpose(1, 2).to(k.dtype), values.transpose(1, 2).to(v.dtype)

@@ -26,7 +26,7 @@ def memory_snapshot(engine) -> dict:
     running = [(r.request_id, r.seq.slot, list(r.seq.table.blocks), r.seq.num_computed) for r in engine.running]
     cached = set() if engine.cache is None else {e.block for e in engine.cache.entries.values()}
     return {"running": running, "num_slots": engine.states.num_slots, "num_blocks": engine.kv.num_blocks,
-            "block_size": engine.block_size, "cached": cached, "ref_count": list(engine.kv.ref_count)}
+            "block_size": engine.block_size, "cached": cached}
 
 
 def _box(ax, x, y, w, h, color, text="", hatch=None, fontsize=9, alpha=1.0):
@@ -35,51 +35,58 @@ def _box(ax, x, y, w, h, color, text="", hatch=None, fontsize=9, alpha=1.0):
         ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize)
 
 
-def draw_memory(snapshot: dict, ax=None, columns: int = 16):
-    """Left: the DeltaNet state slots; middle: each request's block table; right: the block pool.
+def _grid_axes(ax, width: float, rows: int, title: str) -> None:
+    ax.set_xlim(-0.1, width + 0.1)
+    ax.set_ylim(rows + 0.1, -0.1)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
 
-    A block held by a request is drawn in its colour; a block held only by the prefix cache in grey;
-    a block shared by several owners is hatched.
+
+def draw_memory(snapshot: dict, columns: int = 8, max_table: int = 8):
+    """Three panels: the DeltaNet state slots, each request's block table, the block pool.
+
+    A block held by a request is drawn in its colour (faded in the table while reserved but not
+    written yet); a block only the prefix cache holds is grey; a block in the tables of several
+    requests (a shared prefix) is hatched. Returns the figure.
     """
     run, B = snapshot["running"], snapshot["num_blocks"]
-    rows = -(-B // columns)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(COLUMN_INCHES, 1.2 + 0.42 * max(len(run) + 1, rows + 1, snapshot["num_slots"])))
-    owner = {}
+    pool_rows = -(-B // columns)
+    rows = max(len(run), snapshot["num_slots"], pool_rows)
+    fig, (ax_s, ax_t, ax_p) = plt.subplots(1, 3, figsize=(COLUMN_INCHES, 0.6 + 0.42 * rows),
+                                           gridspec_kw={"width_ratios": [1.1, 3.2, 3.6]})
+    owner, users = {}, {}
     for i, (_, _, blocks, _) in enumerate(run):
         for b in blocks:
             owner.setdefault(b, i)
-    # state slots
-    ax.text(0.6, 0.4, "state slots", ha="center", fontsize=10, weight="bold")
+            users[b] = users.get(b, 0) + 1
     slot_of = {slot: i for i, (_, slot, _, _) in enumerate(run)}
-    for s in range(snapshot["num_slots"]):
+    for s in range(snapshot["num_slots"]):  # state slots
         i = slot_of.get(s)
-        _box(ax, 0, 1 + s * 0.9, 1.2, 0.75, _color(i) if i is not None else "white",
-             f"slot {s}" + (f": {run[i][0]}" if i is not None else ""))
-    # block tables
-    ax.text(3.6, 0.4, "block tables (logical -> physical)", ha="center", fontsize=10, weight="bold")
-    for i, (rid, _, blocks, n) in enumerate(run):
-        y = 1 + i * 0.9
-        ax.text(1.75, y + 0.37, f"{rid}", ha="right", va="center", fontsize=9)
-        for j, b in enumerate(blocks[:8]):
-            _box(ax, 1.9 + j * 0.6, y, 0.55, 0.75, _color(i), str(b), fontsize=9,
-                 alpha=1.0 if j * snapshot["block_size"] < n else 0.35)
-        if len(blocks) > 8:
-            ax.text(1.9 + 8 * 0.6, y + 0.37, "...", va="center", fontsize=9)
-    # block pool
-    x0 = 7.2
-    ax.text(x0 + columns * 0.3, 0.4, f"block pool ({snapshot['block_size']} tokens a block)", ha="center",
-            fontsize=10, weight="bold")
-    for b in range(B):
+        _box(ax_s, 0, s + 0.1, 1, 0.8, _color(i) if i is not None else "white",
+             run[i][0] if i is not None else "free")
+    _grid_axes(ax_s, 1, rows, "state slots")
+    ax_s.set_yticks([s + 0.5 for s in range(snapshot["num_slots"])],
+                    [str(s) for s in range(snapshot["num_slots"])])
+    for i, (_, _, blocks, n) in enumerate(run):  # block tables: logical block j -> physical id
+        for j, b in enumerate(blocks[:max_table]):
+            written = j * snapshot["block_size"] < n
+            _box(ax_t, j * 0.4, i + 0.1, 0.36, 0.8, _color(i), str(b), alpha=1.0 if written else 0.35,
+                 hatch="///" if users[b] > 1 else None)
+        if len(blocks) > max_table:
+            ax_t.text(max_table * 0.4, i + 0.5, "...", va="center", fontsize=9)
+    _grid_axes(ax_t, max_table * 0.4 + 0.3, rows, "block tables")
+    ax_t.set_yticks([i + 0.5 for i in range(len(run))], [str(r[0]) for r in run])
+    for b in range(B):  # the pool
         r, c = divmod(b, columns)
         i = owner.get(b)
         color = _color(i) if i is not None else CACHED if b in snapshot["cached"] else "white"
-        _box(ax, x0 + c * 0.6, 1 + r * 0.9, 0.55, 0.75, color, str(b), fontsize=9,
-             hatch="///" if snapshot["ref_count"][b] > 1 else None)
-    ax.set_xlim(-0.2, x0 + columns * 0.6 + 0.2)
-    ax.set_ylim(1 + max(len(run), rows, snapshot["num_slots"]) * 0.9 + 0.1, 0)
-    ax.set_axis_off()
-    return ax
+        _box(ax_p, c * 0.45, r + 0.1, 0.41, 0.8, color, str(b),
+             hatch="///" if users.get(b, 0) > 1 else None)
+    _grid_axes(ax_p, columns * 0.45, rows, f"block pool ({snapshot['block_size']} tokens each)")
+    ax_p.set_yticks([])
+    return fig
 
 
 def draw_timeline(engine, requests, ax=None):
@@ -95,10 +102,10 @@ def draw_timeline(engine, requests, ax=None):
         for rid in rec.waiting:
             if rid in index:
                 _box(ax, rec.step, index[rid], 1, 0.8, "#EEEEEE")
-    for r in requests:
-        ax.plot([r.arrival], [index[r.request_id] + 0.4], marker=">", color="#333333", ms=5)
+    for r in requests:  # arrivals: a triangle just before the cell of the arrival step
+        ax.plot([r.arrival - 0.25], [index[r.request_id] + 0.4], marker=">", color="#333333", ms=5)
     ax.set_yticks([i + 0.4 for i in range(len(requests))], [str(r.request_id) for r in requests])
-    ax.set_xlim(0, steps)
+    ax.set_xlim(-0.5, steps)
     ax.set_ylim(len(requests), -0.2)
     ax.set_xlabel("engine step")
     ax.set_ylabel("request")
@@ -132,27 +139,52 @@ def draw_step_flow(ax=None):
     """The data flow of one packed step, with the shapes: tokens of all requests through the token-wise
     parts at once; the mixers per group, reading their slots and blocks."""
     if ax is None:
-        _, ax = plt.subplots(figsize=(COLUMN_INCHES, 4.6))
+        _, ax = plt.subplots(figsize=(COLUMN_INCHES, 5.0))
+    ax.add_patch(Rectangle((0.2, 2.05), 9.6, 5.35, facecolor="none", edgecolor="#888888", ls="--", lw=1))
+    ax.text(9.7, 7.2, "each layer (8 here, 48 in the release)", ha="right", va="center", fontsize=9,
+            color="#555555")
     boxes = [
-        (0.5, 9.0, "segments: (request, start, end)\npacked ids (N,), positions (N,)", COLORS["norm"]),
-        (0.5, 7.6, "embed_tokens -> x (1, N, H); RoPE cos, sin (1, N, R)", COLORS["embed"]),
-        (0.5, 6.2, "input_layernorm, all N tokens", COLORS["norm"]),
-        (0.5, 3.9, "", "white"),
-        (0.5, 2.5, "post_attention_layernorm + sparse MoE, all N tokens", COLORS["moe"]),
-        (0.5, 1.1, "norm, lm_head on each segment's last token -> (n, V)", COLORS["norm"]),
+        (0.5, 9.2, "segments (request, start, end) -> ids (N,), positions (N,)", COLORS["norm"]),
+        (0.5, 7.9, "embed_tokens: x (1, N, H); RoPE: cos, sin (1, N, R)", COLORS["embed"]),
+        (0.5, 6.1, "input_layernorm, all N tokens at once", COLORS["norm"]),
+        (0.5, 2.3, "post_attention_layernorm + sparse MoE, all N tokens at once", COLORS["moe"]),
+        (0.5, 0.6, "norm, lm_head on each segment's last token: logits (n, V)", COLORS["norm"]),
     ]
     for x, y, text, color in boxes:
-        _box(ax, x, y, 9, 1.0, color, text)
-    _box(ax, 0.8, 4.05, 4.1, 1.55, COLORS["linear_attention"], "DeltaNet per group\nstate (B, Hv, Dk, Dv) fp32\n"
-         "gathered from slots, written back")
-    _box(ax, 5.1, 4.05, 4.1, 1.55, COLORS["full_attention"], "attention per group\nK, V (B, Hkv, S, D)\n"
-         "read from / written to blocks")
-    ax.text(5.0, 3.95, "one group: a prompt chunk (1, T, H), or all decode rows (B, 1, H)", ha="center",
-            va="top", fontsize=9)
-    for y0, y1 in ((9.0, 8.6), (7.6, 7.2), (6.2, 5.6), (4.05, 3.5), (2.5, 2.1)):
-        ax.add_patch(FancyArrowPatch((5, y0), (5, y1), arrowstyle="->", mutation_scale=12, color="#444444"))
-    ax.text(9.7, 4.6, "x 8 layers\n(48 in the\nrelease)", fontsize=9, va="center")
-    ax.set_xlim(0, 11.2)
-    ax.set_ylim(0.9, 10.2)
+        _box(ax, x, y, 9, 0.9, color, text)
+    _box(ax, 0.5, 3.9, 4.4, 1.6, COLORS["linear_attention"], "3 layers in 4: DeltaNet, per group\n"
+         "state (B, Hv, Dk, Dv) fp32\nread from slots, written back")
+    _box(ax, 5.1, 3.9, 4.4, 1.6, COLORS["full_attention"], "1 layer in 4: attention, per group\n"
+         "K, V (B, Hkv, S, D)\nwritten to / read from blocks")
+    ax.text(5.0, 3.55, "a group: one prompt chunk (1, T, H)\nor all decode rows (B, 1, H)", ha="center",
+            va="center", fontsize=9)
+    arrows = [(5, 9.2, 8.8), (5, 7.9, 7.0), (5, 2.3, 1.5)]
+    arrows += [(x, y0, y1) for x in (2.7, 7.3) for y0, y1 in ((6.1, 5.5), (3.9, 3.2))]  # around the mixers
+    for x, y0, y1 in arrows:
+        ax.add_patch(FancyArrowPatch((x, y0), (x, y1), arrowstyle="->", mutation_scale=12, color="#444444"))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0.4, 10.3)
     ax.set_axis_off()
+    return ax
+
+
+def draw_memory_per_rank(rows: dict, gib: float = 2**30, bytes_per_weight: int = 2, ax=None,
+                         line: tuple[str, float] | None = ("a 24 GiB GPU", 24)):
+    """Stacked bars: weights per rank by component, for ``rows = {ranks: RankMemory}``."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(COLUMN_INCHES, 2.8))
+    parts = [("routed experts", COLORS["moe"]), ("shared expert", "#A8D8A8"), ("attention", COLORS["full_attention"]),
+             ("deltanet", COLORS["linear_attention"]), ("embedding", COLORS["embed"]), ("lm_head", "#9C7FB0")]
+    labels = [str(n) for n in rows]
+    bottom = [0.0] * len(rows)
+    for part, color in parts:
+        heights = [bytes_per_weight * m.parameters[part] / gib for m in rows.values()]
+        ax.bar(labels, heights, bottom=bottom, label=part, color=color)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    if line is not None:
+        ax.axhline(line[1], color="#777777", ls="--", lw=1)
+        ax.text(len(rows) - 0.5, line[1] + 2, line[0], ha="right", va="bottom", fontsize=9, color="#555555")
+    ax.set_xlabel("ranks (TP = EP)")
+    ax.set_ylabel("weights per rank (GiB)")
+    ax.legend(frameon=False, ncol=2)
     return ax
