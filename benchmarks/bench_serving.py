@@ -1,8 +1,9 @@
 """Benchmark: what continuous batching and prefix reuse buy, on one CPU thread.
 
-A medium config (hidden 256, 8 layers in the 3:1 DeltaNet/attention pattern, 32 experts, 4 active,
-plus the shared expert; the real vocabulary for the chat part). Three measurements, each side run in
-turn with the other (``--repeats`` rounds) and reported as median [min - max]:
+The medium config of ``bench_model.py`` (hidden 256, 8 layers in the 3:1 DeltaNet/attention pattern,
+32 experts, 4 active, plus the shared expert; the real vocabulary for the chat part). Three
+measurements, each side run in turn with the other (``--repeats`` rounds) and reported as median
+[min - max]:
 
 1. **throughput**: ``N`` requests (prompts of 48-112 tokens, 32 new tokens each) served together by
    the engine, against the same requests one at a time (the engine holding one request; and the
@@ -29,20 +30,12 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+from bench_model import MEDIUM  # noqa: E402  (the medium config the model benchmark times)
 
 from qwen3next.chat import ChatSession  # noqa: E402
 from qwen3next.config import Qwen3NextConfig  # noqa: E402
 from qwen3next.engine import Engine, Request, run_alone  # noqa: E402
 from qwen3next.model import Qwen3NextForCausalLM  # noqa: E402
-
-MEDIUM = dict(
-    vocab_size=16384, hidden_size=256, num_hidden_layers=8,
-    num_attention_heads=4, num_key_value_heads=2, head_dim=64,
-    linear_num_key_heads=4, linear_num_value_heads=8, linear_key_head_dim=32, linear_value_head_dim=32,
-    num_experts=32, num_experts_per_tok=4, moe_intermediate_size=64, shared_expert_intermediate_size=64,
-    intermediate_size=640, max_position_embeddings=4096, rope_theta=10_000_000.0,
-    bos_token_id=None, eos_token_id=None, torch_dtype="float32",
-)
 
 
 def rounds(fns: dict, repeats: int) -> dict[str, list[float]]:

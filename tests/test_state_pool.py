@@ -49,14 +49,20 @@ def _decode(layer, pool, slots, x):
     return out
 
 
-@torch.no_grad()
-def test_a_batch_read_by_slot_index_equals_each_sequence_alone():
+def _prefilled(slots: list[int], num_slots: int):
+    """A DeltaNet layer, inputs ``(len(slots), 10, hidden)`` and a pool with all but their last token read."""
     torch.manual_seed(0)
     layer = GatedDeltaNet(CFG, 0).eval()
-    x = torch.randn(3, 10, CFG.hidden_size)
-    pool = StatePool.for_config(CFG, 5)
-    slots = [4, 0, 2]  # not in order: the index, not the position in the batch, finds a row's state
+    x = torch.randn(len(slots), 10, CFG.hidden_size)
+    pool = StatePool.for_config(CFG, num_slots)
     _prefill(layer, pool, slots, x)
+    return layer, x, pool
+
+
+@torch.no_grad()
+def test_a_batch_read_by_slot_index_equals_each_sequence_alone():
+    slots = [4, 0, 2]  # not in order: the index, not the position in the batch, finds a row's state
+    layer, x, pool = _prefilled(slots, 5)
     out = _decode(layer, pool, slots, x)
     for b, slot in enumerate(slots):
         state = DeltaNetState()
@@ -68,15 +74,11 @@ def test_a_batch_read_by_slot_index_equals_each_sequence_alone():
 @torch.no_grad()
 def test_a_wrong_slot_index_is_caught():
     """Reading row 0's state from row 1's slot gives row 0 the other sequence's memory."""
-    torch.manual_seed(0)
-    layer = GatedDeltaNet(CFG, 0).eval()
-    x = torch.randn(2, 10, CFG.hidden_size)
-    pool = StatePool.for_config(CFG, 2)
-    _prefill(layer, pool, [0, 1], x)
-    snapshot = pool.recurrent.clone(), pool.conv.clone()
+    layer, x, pool = _prefilled([0, 1], 2)
+    before = pool.recurrent.clone(), pool.conv.clone()
     right = _decode(layer, pool, [0, 1], x)
-    pool.recurrent.copy_(snapshot[0])
-    pool.conv.copy_(snapshot[1])
+    pool.recurrent.copy_(before[0])
+    pool.conv.copy_(before[1])
     wrong = _decode(layer, pool, [1, 0], x)
     assert (right - wrong).abs().max() > 1e-3
 
