@@ -76,16 +76,15 @@ def _groups(segments: list[Segment]) -> list[tuple[list[Segment], slice]]:
     Consecutive one-token segments continuing a sequence form one batch (decode rows); any other
     segment (a prompt chunk, or a prompt's very first token) runs alone.
     """
-    groups, start = [], 0
+    groups: list[tuple[list[Segment], bool]] = []  # (segments, is a decode batch)
     for seg in segments:
         decode = len(seg) == 1 and seg.start > 0
-        if decode and groups and groups[-1][2]:
+        if decode and groups and groups[-1][1]:
             groups[-1][0].append(seg)
         else:
-            groups.append(([seg], start, decode))
-        start += len(seg)
+            groups.append(([seg], decode))
     out, offset = [], 0
-    for segs, _, _ in groups:
+    for segs, _ in groups:
         n = sum(len(s) for s in segs)
         out.append((segs, slice(offset, offset + n)))
         offset += n
