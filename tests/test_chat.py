@@ -182,12 +182,10 @@ def ckpt(tmp_path_factory, lm):
     return d
 
 
-def test_the_chat_command_keeps_the_cache_between_turns(ckpt):
-    from qwen3next.chat_cli import cmd_chat
-
-    args = _args(["chat", "--model", str(ckpt), "--max-new-tokens", "4"])
+def test_the_chat_command_keeps_the_cache_between_turns(ckpt, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n/regenerate\nMore\n/reset\nAgain\n"))
     out, err = io.StringIO(), io.StringIO()
-    assert cmd_chat(args, out, err, lines=["Hello\n", "/regenerate\n", "More\n", "/reset\n", "Again\n"]) == 0
+    assert main(["chat", "--model", str(ckpt), "--max-new-tokens", "4"], out=out, err=err) == 0
     turns = [line for line in err.getvalue().splitlines() if line.startswith("[turn")]
     assert len(turns) == 4
     assert turns[0].startswith("[turn 1: 0 tokens reused")
@@ -195,12 +193,6 @@ def test_the_chat_command_keeps_the_cache_between_turns(ckpt):
     assert "[turn 2: 0 tokens reused" not in turns[2]
     assert turns[3].startswith("[turn 1: 0 tokens reused")  # after /reset
     assert "[conversation cleared]" in err.getvalue()
-
-
-def _args(argv):
-    from qwen3next.cli import build_parser
-
-    return build_parser().parse_args(argv)
 
 
 def test_a_hub_name_without_a_network_says_so_in_one_line(monkeypatch):

@@ -77,19 +77,21 @@ def _download_problem(repo: str, e: Exception) -> str:
     return f"downloading {repo} failed: {type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def cmd_chat(args, out, err, lines=None) -> int:
-    """The read-answer loop: one line of input is one user message; replies stream as they come."""
+def cmd_chat(args, out, err, load_tokenizer, lines=None) -> int:
+    """The read-answer loop: one line of input is one user message; replies stream as they come.
+
+    ``load_tokenizer(args, err)`` is the command line's own choice of tokenizer (the model
+    directory's files, else the bundled Qwen3 one); ``lines`` replace standard input."""
     import sys
 
     import torch
 
     from .chat import ChatSession
-    from .cli import _tokenizer
     from .model import Qwen3NextForCausalLM
 
     args.model = resolve_model(str(args.model), err)
     args.tokenizer = None
-    tok = _tokenizer(args, err)
+    tok = load_tokenizer(args, err)
     tools = json.loads(args.tools.read_text()) if args.tools else None
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model = Qwen3NextForCausalLM.from_pretrained(args.model, dtype=dtype, device=args.device,

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None, out=None, err=None) -> int:
         if args.command == "chat":
             from .chat_cli import cmd_chat
 
-            return cmd_chat(args, out, err)
+            return cmd_chat(args, out, err, load_tokenizer=_tokenizer)
         return cmd_generate(args, out, err)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=err)
