@@ -23,25 +23,25 @@ book: venv
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
-# Debian's Chromium for the browser checks of the book (tests/test_site.py); skipped when present.
+# Debian's Chromium for the browser checks of the book (tests/book/test_site.py); skipped when present.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium (apt-get)"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 	@command -v chromium >/dev/null 2>&1 || { echo "chromium is not installed: the book's browser checks need it"; exit 1; }
 
-# tests/ includes the book checks: build with warnings as errors, every page in Chromium, a chapter
-# in a simulated Colab, the student notebooks (check-book runs only those).
+# tests/ includes the book checks (tests/book/): build with warnings as errors, every page in Chromium,
+# a chapter in a simulated Colab, the student notebooks (check-book runs only those).
 test: venv chromium
 	$(VENV)/bin/pytest tests chapters --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		--nbval-cell-timeout=300 -p no:cacheprovider
 
 check-book: venv chromium
-	$(VENV)/bin/pytest tests/test_site.py tests/test_colab_sim.py tests/test_student.py -p no:cacheprovider
+	$(VENV)/bin/pytest tests/book -p no:cacheprovider
 	@echo "Screenshots of the site: $(CURDIR)/artifacts/screenshots"
 
 # Student notebooks (solutions taken out) in student/
 student: venv
-	$(PY) tools/make_student.py -o student
+	$(PY) -m tools.make_student -o student
 
 test-unit: venv chromium
 	$(VENV)/bin/pytest tests

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
+from tools import check_site, colab_sim
 
-import check_site  # noqa: E402
-import colab_sim  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
+
 
 CHAPTERS = sorted((REPO / "chapters").glob("[0-9]*.ipynb"))
 
