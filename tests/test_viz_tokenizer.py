@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
 
 from qwen3next import Tokenizer  # noqa: E402
 from qwen3next.viz.tokenizer import draw_tokenizer_pipeline, tokenizer_stages  # noqa: E402
@@ -38,3 +39,10 @@ def test_drawing_shows_every_piece():
         assert want in labels, want
     assert min(t.get_fontsize() for t in ax.texts) >= 9
     plt.close(ax.figure)
+
+
+def test_a_text_too_long_for_the_column_is_refused():
+    stages = tokenizer_stages(Tokenizer.qwen3(), "a long sentence " * 8)
+    with pytest.raises(ValueError, match="inches"):
+        draw_tokenizer_pipeline(stages)
+    plt.close("all")

@@ -13,6 +13,7 @@ COLUMN_INCHES = 6.8
 BOOK_RC = {
     "figure.dpi": 100,
     "savefig.dpi": 200,
+    "savefig.pad_inches": 0.04,  # a figure drawn COLUMN_INCHES wide stays within the 688-pixel column
     "figure.figsize": (COLUMN_INCHES, 3.8),
     "figure.constrained_layout.use": True,
     "font.size": 10,

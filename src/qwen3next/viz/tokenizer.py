@@ -83,12 +83,12 @@ def _pieces(ax, x0, y, pieces, added, char_w, h, raw_text=False):
     x = x0
     for piece, is_added in zip(pieces, added, strict=True):
         label = _visible(piece).replace("↵", "\\n") if raw_text else _visible(piece)
-        w = char_w * max(len(label), 1) + 0.08
+        w = char_w * max(len(label), 1) + 0.06
         color = COLORS["state"] if is_added else COLORS["text"]
         ax.add_patch(FancyBboxPatch((x, y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.04",
                                     facecolor=color, edgecolor="0.45", linewidth=0.6))
         ax.text(x + w / 2, y, label, ha="center", va="center", fontsize=FONT, family="DejaVu Sans Mono")
-        x += w + 0.05
+        x += w + 0.04
     return x
 
 
@@ -110,6 +110,9 @@ def draw_tokenizer_pipeline(stages: list[Stage], ax=None):
         y = height - 0.25 - k * row
         ax.text(0.3, y, st.name, ha="left", va="center", fontsize=FONT, fontweight="bold")
         right = _pieces(ax, x_pieces, y, st.pieces, st.added, char_w, h, raw_text=(k == 0))
+        if right > COLUMN_INCHES:
+            raise ValueError(f"draw_tokenizer_pipeline: the pieces of {st.name!r} need {right:.2f} inches, "
+                             f"more than the {COLUMN_INCHES} of the column: draw a shorter text")
         ax.text(min(right, COLUMN_INCHES - 0.05), y - h / 2 - 0.03, st.note, ha="right", va="top",
                 fontsize=FONT, color="0.35")
         if k + 1 < len(stages):
