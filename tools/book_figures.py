@@ -28,7 +28,7 @@ from matplotlib.patches import FancyBboxPatch  # noqa: E402
 
 from qwen3next import Qwen3NextConfig  # noqa: E402
 from qwen3next.accounting import parameter_counts  # noqa: E402
-from qwen3next.viz import COLORS, COLUMN_INCHES, use_book_style  # noqa: E402
+from qwen3next.viz import COLORS, COLUMN_INCHES, inch_axes, use_book_style  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = REPO / "book" / "figures"
@@ -52,12 +52,19 @@ PLACE = {
 }
 
 
+def _save(ax, path: Path) -> float:
+    """Save the figure of ``ax`` at 2x density; return its width in inches."""
+    fig = ax.figure
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return fig.get_figwidth()
+
+
 def draw_intro(path: Path) -> float:
     """What is new, in one picture: a group of four layers, the memory each mixer keeps, and the 10 of
     512 experts one token uses."""
     cfg = Qwen3NextConfig.full()
-    fig = plt.figure(figsize=(COLUMN_INCHES, 3.6), layout="none")
-    ax = fig.add_axes((0, 0, 1, 1))
+    ax = inch_axes(4.0)
     group = cfg.layer_types[: cfg.full_attention_interval]
     w, gap, x0, y_mix = 1.45, 0.2, 0.25, 3.25
     for i, kind in enumerate(group):
@@ -97,18 +104,12 @@ def draw_intro(path: Path) -> float:
     counts = parameter_counts(cfg)
     ax.text(x0, 0.25, f"{counts.total / 1e9:.1f} billion parameters in all; "
             f"{counts.active_non_embedding / 1e9:.2f} billion used per token", fontsize=9)
-    ax.set_xlim(0, COLUMN_INCHES)
-    ax.set_ylim(0.1, 4.0)
-    ax.axis("off")
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return fig.get_figwidth()
+    return _save(ax, path)
 
 
 def draw_chapter_graph(path: Path) -> float:
     """The chapters as boxes, an arrow from each chapter to the chapters that build on it."""
-    fig = plt.figure(figsize=(COLUMN_INCHES, 4.6), layout="none")
-    ax = fig.add_axes((0, 0, 1, 1))
+    ax = inch_axes(4.6)
     sy, w, h = 0.72, 1.1, 0.46  # inches per row; box size
 
     def centre(ch):
@@ -133,12 +134,7 @@ def draw_chapter_graph(path: Path) -> float:
                                     facecolor=color, edgecolor="0.3", lw=0.8, ls="--" if planned else "-"))
         ax.text(x, y, f"{int(ch)}. {name}", ha="center", va="center", fontsize=9)
     ax.text(COLUMN_INCHES - 0.1, 0.15, "dashed: chapters being written", ha="right", fontsize=9, color="0.35")
-    ax.set_xlim(0, COLUMN_INCHES)
-    ax.set_ylim(0, 4.6)
-    ax.axis("off")
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return fig.get_figwidth()
+    return _save(ax, path)
 
 
 DRAW = {"intro_hybrid.png": draw_intro, "chapter_graph.png": draw_chapter_graph}
@@ -146,7 +142,8 @@ DRAW = {"intro_hybrid.png": draw_intro, "chapter_graph.png": draw_chapter_graph}
 
 def shown_width(page: Path, name: str) -> int | None:
     """The ``:width:`` (px) ``page`` gives the figure ``name``, or None if the page does not show it."""
-    m = re.search(rf"```{{figure}}\s*figures/{re.escape(name)}\s*\n(?:\s*:[^\n]*\n)*?\s*:width:\s*(\d+)px", page.read_text())
+    pattern = rf"```{{figure}}\s*figures/{re.escape(name)}\s*\n(?:\s*:[^\n]*\n)*?\s*:width:\s*(\d+)px"
+    m = re.search(pattern, page.read_text())
     return int(m.group(1)) if m else None
 
 

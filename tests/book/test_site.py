@@ -207,3 +207,14 @@ def test_checker_reports_each_kind_of_fault(tmp_path):
     assert bad["phone_overflow_px"] > 0 and bad["harness"] == 3, bad
     assert (good["clipped"], good["wide_equations"], good["below_2x"], good["below_9pt"], good["harness"],
             good["phone_overflow_px"]) == (0, 0, 0, 0, 0, 0), good
+
+
+def test_book_page_figures_are_shown_at_their_drawn_size():
+    """The Markdown pages' figures (tools/book_figures.py) exist and each page gives the width they
+    were drawn at, so their 9 pt labels stay 9 pt (the browser check measures the same on the page)."""
+    from tools import book_figures
+
+    assert book_figures.main(["--check"]) == 0
+    for name in book_figures.PAGES:
+        png = book_figures.FIGURES / name
+        assert book_figures.png_width(png) == 2 * book_figures.shown_width(REPO / book_figures.PAGES[name], name)

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from ..config import Qwen3NextConfig
 from .architecture import FONT, box
 from .colors import COLORS
-from .style import COLUMN_INCHES
+from .style import COLUMN_INCHES, inch_axes
 
 
 def _arrow(ax, xy0, xy1, label=None, dx=0.08, ha="left"):
@@ -31,8 +31,7 @@ def draw_norm_and_rope(cfg: Qwen3NextConfig, ax=None):
     take the same path with ``num_key_value_heads`` heads.
     """
     if ax is None:
-        fig = plt.figure(figsize=(COLUMN_INCHES, 5.6), layout="none")
-        ax = fig.add_axes((0, 0, 1, 1))
+        ax = inch_axes(5.6)
     d, H, D, R = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.rotary_dim
     cx, w, h = 2.35, 3.9, 0.5
     ys = [5.25, 4.45, 3.65, 2.85, 1.85, 0.75]

@@ -10,13 +10,12 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 from matplotlib.patches import FancyBboxPatch
 
 from ..bpe import to_byte_symbols
 from .architecture import FONT
 from .colors import COLORS
-from .style import COLUMN_INCHES
+from .style import COLUMN_INCHES, inch_axes
 
 SHOW = str.maketrans({"\n": "↵", " ": "␣", "\t": "⇥"})  # white space made visible
 
@@ -102,8 +101,7 @@ def draw_tokenizer_pipeline(stages: list[Stage], ax=None):
     row, h = 0.62, 0.3
     height = row * len(stages) + 0.15
     if ax is None:
-        fig = plt.figure(figsize=(COLUMN_INCHES, height), layout="none")
-        ax = fig.add_axes((0, 0, 1, 1))
+        ax = inch_axes(height)
     char_w = FONT * 0.602 / 72 * 1.04  # DejaVu Sans Mono: 0.602 em a character, in inches
     x_pieces = 2.2
     for k, st in enumerate(stages):
