@@ -19,13 +19,24 @@ _PUBLIC = {
     "Tokenizer": "tokenizer",
 }
 
-__all__ = [*_PUBLIC, "generate", "__version__"]
+__all__ = [*_PUBLIC, "generate", "tiny_pretrained_path", "__version__"]
 
 
 def __getattr__(name):
     if name in _PUBLIC:
         return getattr(import_module(f"qwen3next.{_PUBLIC[name]}"), name)
     raise AttributeError(f"module 'qwen3next' has no attribute {name!r}")
+
+
+def tiny_pretrained_path():
+    """The book's own trained small Qwen3-Next (chapter 10): a checkpoint directory inside the package
+    (``config.json``, ``model.safetensors`` with the MTP head, the tokenizer and the training logs)."""
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "tiny-qwen3-next"
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{path}: the trained model is missing; `make train` writes it")
+    return path
 
 
 def print_versions() -> None:

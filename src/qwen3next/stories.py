@@ -58,8 +58,8 @@ FEELINGS = ("happy", "sad", "sleepy", "excited", "scared", "proud")
 SAYINGS = ("Look at this!", "I am so happy!", "Let us play!", "This is fun!", "Can you help me?",
            "What a nice day!")
 ENDINGS = ("were very happy", "went home together", "had a great day", "became best friends")
-EVENT_WEIGHTS = {"go": 3, "find": 3, "give": 3, "want": 2, "say": 2, "feel": 2, "rain": 1}
-NUM_EVENTS = (3, 4, 5, 6)
+EVENT_WEIGHTS = {"go": 3, "find": 3, "give": 3, "play": 2, "want": 2, "help": 2, "say": 2, "feel": 2, "rain": 1}
+NUM_EVENTS = (4, 5, 6, 7, 8)
 
 
 @dataclass
@@ -130,11 +130,11 @@ def _subject(w: StoryWriter, who: Character, previous: Character | None) -> str:
 def _event(w: StoryWriter, cast: list[Character], state: dict) -> str:
     """One sentence of the middle of the story; ``state`` holds where they are, what they found and who
     the last subject was."""
-    applicable = {"go", "want", "say", "feel"}
+    applicable = {"go", "want", "help", "say", "feel"}
     if state["place"] is not None:
         applicable |= {"find", "rain"}
     if state["objects"]:
-        applicable.add("give")
+        applicable |= {"give", "play"}
     kinds = [k for k in EVENT_WEIGHTS if k in applicable]
     kind = w.choose(kinds, [EVENT_WEIGHTS[k] for k in kinds])
     previous, state["previous"] = state["previous"], None
@@ -154,6 +154,15 @@ def _event(w: StoryWriter, cast: list[Character], state: dict) -> str:
         a, b = w.choose([(a, b) for a in cast for b in cast if a is not b])
         thing = w.choose(state["objects"])
         text = f"{_subject(w, a, previous)} gave the {thing} to {b.name}."
+        state["previous"] = a
+        return text
+    if kind == "play":
+        a, b = w.choose([(a, b) for a in cast for b in cast if a is not b])
+        state["previous"] = a
+        return f"{a.name} and {b.name} played with the {w.choose(state['objects'])} all day."
+    if kind == "help":
+        a, b = w.choose([(a, b) for a in cast for b in cast if a is not b])
+        text = f"{_subject(w, a, previous)} helped {b.name} {b.activity}."
         state["previous"] = a
         return text
     if kind == "want":
