@@ -10,8 +10,10 @@ are re-exported here because ``from qwen3next.deltanet import chunk_gated_delta_
 Contents: :func:`causal_conv1d` (depthwise, causal, with a state of the last ``K`` inputs) and its one-token
 step, :class:`DeltaNetState` (one layer's cache) and :class:`GatedDeltaNet` (the layer).
 
-Leaves out: the fused causal-conv1d CUDA kernel (plain PyTorch only), variable-length packing and the
-reference's "record past" cache mode used for speculative-decoding rollbacks.
+Speculative decoding (:mod:`qwen3next.rollback`) can ask a state to keep its value after every token of a
+forward pass (``DeltaNetState.keep_steps``), so that a rejected draft is undone by picking the state
+after the last accepted token. Leaves out: the fused causal-conv1d CUDA kernel (plain PyTorch only) and
+variable-length packing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .norms import RMSNormGated
 __all__ = [
     "causal_conv1d",
     "causal_conv1d_step",
+    "causal_conv1d_windows",
     "DeltaNetState",
     "GatedDeltaNet",
     # the kernels, from qwen3next.delta_rule (public interface)
@@ -78,17 +81,33 @@ def causal_conv1d_step(x_t: torch.Tensor, weight: torch.Tensor, state: torch.Ten
     return (state.to(weight.dtype) * weight).sum(-1).to(x_t.dtype)  # (B, C)
 
 
+def causal_conv1d_windows(x: torch.Tensor, state: torch.Tensor | None, kernel_size: int) -> torch.Tensor:
+    """The conv state after each input of ``x`` (B, C, T): ``(B, T, C, K)``, window ``t`` holding the last
+    K inputs up to and including ``x[..., t]`` (``state`` (B, C, K) before them, zeros when None)."""
+    B, C, T = x.shape
+    state = x.new_zeros(B, C, kernel_size) if state is None else state.to(x.dtype)
+    window = torch.cat([state, x], dim=-1)  # (B, C, K + T)
+    return window.unfold(-1, kernel_size, 1)[:, :, 1:].transpose(1, 2)  # (B, T, C, K), a view
+
+
 # ------------------------------------------------------------------------------------- the state
 class DeltaNetState:
     """One DeltaNet layer's cache: constant size whatever the sequence length.
 
     ``conv_state`` (B, conv_dim, K): the last K pre-convolution inputs (activation dtype);
     ``recurrent_state`` (B, Hv, Dk, Dv): the delta-rule memory, float32. Both None until the first call.
+
+    With ``keep_steps`` set, the next forward over T tokens also leaves the state after each of them in
+    ``conv_steps`` (B, T, conv_dim, K) and ``recurrent_steps`` (B, T, Hv, Dk, Dv) (speculative decoding's
+    checkpoints); the recurrence then runs one token at a time, as in decoding.
     """
 
     def __init__(self, conv_state: torch.Tensor | None = None, recurrent_state: torch.Tensor | None = None):
         self.conv_state = conv_state
         self.recurrent_state = recurrent_state
+        self.keep_steps = False
+        self.conv_steps: torch.Tensor | None = None
+        self.recurrent_steps: torch.Tensor | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -216,9 +235,12 @@ class GatedDeltaNet(nn.Module):
         qkv = torch.cat([q.reshape(B, T, -1), k.reshape(B, T, -1), v.reshape(B, T, -1)], dim=-1).transpose(1, 2)
         weight = self.conv1d.weight.squeeze(1)  # (conv_dim, K)
         state = None if cache is None else cache.conv_state
-        if state is not None and T == 1:  # decoding: slide the conv window by one, in place
+        keep_steps = cache is not None and cache.keep_steps
+        if state is not None and T == 1 and not keep_steps:  # decoding: slide the conv window by one, in place
             qkv = causal_conv1d_step(qkv[..., 0], weight, state).unsqueeze(-1)
         else:
+            if keep_steps:
+                cache.conv_steps = causal_conv1d_windows(qkv, state, weight.shape[-1])  # (B, T, conv_dim, K)
             qkv, state = causal_conv1d(qkv, weight, state)  # (B, conv_dim, T)
         if cache is not None:
             cache.conv_state = state
@@ -232,6 +254,8 @@ class GatedDeltaNet(nn.Module):
 
         Continues from ``cache.recurrent_state`` and stores the new state there (float32)."""
         h = None if cache is None else cache.recurrent_state
+        if cache is not None and cache.keep_steps:
+            return self._delta_rule_keeping_steps(q, k, v, g, beta, cache)
         if h is not None and q.shape[1] == 1:  # decoding: one step of the recurrence, on the cached state in place
             h = h if h.dtype == torch.float32 and h.is_contiguous() else h.float().contiguous()
             o = recurrent_gated_delta_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], h).unsqueeze(1)
@@ -241,6 +265,19 @@ class GatedDeltaNet(nn.Module):
         if cache is not None:
             cache.recurrent_state = h
         return o
+
+    @staticmethod
+    def _delta_rule_keeping_steps(q, k, v, g, beta, cache: DeltaNetState) -> torch.Tensor:
+        """The decoding step once per token, keeping a copy of the state after each in ``cache.recurrent_steps``."""
+        B, T, Hv, Dv = v.shape
+        h = cache.recurrent_state
+        h = q.new_zeros(B, Hv, q.shape[-1], Dv, dtype=torch.float32) if h is None else h.float().clone()
+        outputs, steps = [], []
+        for t in range(T):
+            outputs.append(recurrent_gated_delta_step(q[:, t], k[:, t], v[:, t], g[:, t], beta[:, t], h))
+            steps.append(h.clone())
+        cache.recurrent_state, cache.recurrent_steps = h, torch.stack(steps, dim=1)  # (B, T, Hv, Dk, Dv)
+        return torch.stack(outputs, dim=1)  # (B, T, Hv, Dv)
 
     def _check_forward_inputs(self, x, attention_mask, cache) -> None:
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
