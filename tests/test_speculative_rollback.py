@@ -61,7 +61,7 @@ def test_keep_steps_gives_each_tokens_state_and_the_same_output(layer):
     one_by_one = copy(base)
     for t in range(4):
         layer(new[:, t:t + 1], cache=one_by_one)  # plain decoding
-        assert (keeping.conv_steps[:, t] - one_by_one.conv_state).abs().max() < 1e-6  # projections: rounding
+        assert (keeping.conv_steps[:, t] - one_by_one.conv_state).abs().max() < 1e-5  # projections: rounding
         assert (keeping.recurrent_steps[:, t] - one_by_one.recurrent_state).abs().max() < 1e-6
     assert torch.equal(keeping.recurrent_state, keeping.recurrent_steps[:, -1])
     assert normal.conv_steps is None and normal.recurrent_steps is None  # off by default: nothing kept
