@@ -3,7 +3,9 @@
 ``inspect`` reads only the safetensors headers, so it answers in seconds even for the 163 GB release:
 tensors, parameters and bytes by component, dtypes, and the memory each loading mode needs.
 ``generate`` loads a checkpoint (optionally with the routed experts left on disk), streams the new
-text as it is produced and reports prefill time and decoding speed in tokens per second.
+text as it is produced and reports prefill time and decoding speed in tokens per second. With
+``--speculative K`` it also loads the checkpoint's MTP head, drafts K tokens per trunk forward
+(:mod:`qwen3next.speculative`), prints the text at the end and reports how many drafts were accepted.
 
 Mirrors the ``transformers`` ``TextStreamer`` + ``generate`` workflow; leaves out batching and serving.
 """
@@ -39,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--speculative", type=int, default=0, metavar="K",
+                   help="draft K tokens per step with the checkpoint's MTP head (mtp.*) and report acceptance")
     g.add_argument("--tokenizer", type=Path, default=None,
                    help="tokenizer directory (default: the model directory, else the bundled Qwen3 tokenizer)")
     from .chat_cli import add_parser as add_chat_parser
@@ -112,9 +116,11 @@ def cmd_generate(args, out, err) -> int:
 
     t0 = time.perf_counter()
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    if args.speculative < 0:
+        raise ValueError(f"--speculative: expected a number of draft tokens >= 1 (0: off), found {args.speculative}")
     model = Qwen3NextForCausalLM.from_pretrained(args.model, dtype=dtype, device=args.device,
                                                  offload_experts=args.offload_experts,
-                                                 expert_cache_size=args.expert_cache)
+                                                 expert_cache_size=args.expert_cache, mtp=args.speculative > 0)
     load_s = time.perf_counter() - t0
     vocab = model.config.vocab_size
     if max(ids) >= vocab:
@@ -129,15 +135,30 @@ def cmd_generate(args, out, err) -> int:
     printer = _Printer(tok, stop, out)
     input_ids = torch.tensor([ids], device=args.device)
     start = time.perf_counter()
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   eos_token_id=sorted(stop) or None, seed=args.seed)
     with torch.no_grad():
-        result = generate(model, input_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, eos_token_id=sorted(stop) or None, seed=args.seed, streamer=printer)
+        if args.speculative:
+            from .speculative import speculative_generate
+
+            result, stats = speculative_generate(model, input_ids, args.max_new_tokens,
+                                                 num_draft_tokens=args.speculative, **options)
+            for token in result[:, len(ids):].unbind(1):  # printed once all is generated
+                printer(token)
+        else:
+            result = generate(model, input_ids, args.max_new_tokens, streamer=printer, **options)
     printer.finish()
     new = result.shape[1] - len(ids)
-    first = printer.times[0] - start if printer.times else float("nan")
-    decode = (new - 1) / (printer.times[-1] - printer.times[0]) if new > 1 else float("nan")
-    print(f"[{new} new tokens; prefill {first:.2f} s; decoding {decode:.2f} tokens/s; "
-          f"overall {new / (printer.times[-1] - start):.2f} tokens/s]", file=err)
+    if args.speculative:
+        per = ", ".join(f"{a:.2f}" for a in stats.accepted_per_position)
+        print(f"[{new} new tokens in {time.perf_counter() - start:.2f} s; {stats.verify_steps} trunk forwards "
+              f"after the prefill, {stats.tokens_per_verify_step:.2f} tokens each; drafts accepted "
+              f"{stats.acceptance_rate:.2f} (by position: {per})]", file=err)
+    else:
+        first = printer.times[0] - start if printer.times else float("nan")
+        decode = (new - 1) / (printer.times[-1] - printer.times[0]) if new > 1 else float("nan")
+        print(f"[{new} new tokens; prefill {first:.2f} s; decoding {decode:.2f} tokens/s; "
+              f"overall {new / (printer.times[-1] - start):.2f} tokens/s]", file=err)
     store = getattr(model, "expert_store", None)
     if store is not None:
         s = store.stats()
