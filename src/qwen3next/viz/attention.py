@@ -89,7 +89,7 @@ def draw_row_groups(parts, n_groups: int, zoom: int = 2, title: str = "", label_
     groups with every part named (bottom). Returns the figure.
 
     ``parts`` is a list of ``(rows, color, label)`` where ``label(j)`` names that part in group ``j``
-    (e.g. ``lambda j: f"q{j}"``). ``label_every`` marks group numbers on the whole strip.
+    (e.g. ``lambda j: f"q{j}"``). ``label_every``: the step, in groups, of the ticks on the whole strip.
     """
     group = sum(p[0] for p in parts)
     fig, (whole, detail) = plt.subplots(2, 1, figsize=(COLUMN_INCHES, 2.3))

@@ -7,6 +7,7 @@ heads of 128 key and 128 value dimensions).
 from __future__ import annotations
 
 from .attention import FONT, ROLE_COLORS, Box, draw_flow
+from .style import COLUMN_INCHES
 
 PARALLEL = "#D6E6F8"  # light blue: work done for every chunk at once
 
@@ -29,7 +30,7 @@ def draw_chunkwise_state_passing(n_chunks: int = 3, C: int = 64, Dk: int = 128, 
         boxes[f"out{n}"] = Box(col, 3, f"O{n + 1}  ({C}, {Dv})", ROLE_COLORS["value"])
         arrows += [(f"tok{n}", f"par{n}"), (f"par{n}", f"seq{n}"), (f"h{n}", f"seq{n}"),
                    (f"seq{n}", f"h{n + 1}"), (f"seq{n}", f"out{n}")]
-    ax = draw_flow(boxes, arrows, ax=ax, size=(6.8, 3.6),
+    ax = draw_flow(boxes, arrows, ax=ax, size=(COLUMN_INCHES, 3.6),
                    title="Chunkwise: parallel inside a chunk, the state passed between chunks")
     # the two kinds of work, as bands behind the boxes
     ax.axhspan(-1.45, -0.55, color=PARALLEL, alpha=0.35, zorder=0)

@@ -7,6 +7,7 @@ Only drawing lives here; every number drawn comes from the config passed in.
 from __future__ import annotations
 
 from .attention import ROLE_COLORS, Box, draw_flow, draw_row_groups
+from .style import COLUMN_INCHES
 
 
 def _heads(cfg):
@@ -41,8 +42,9 @@ def draw_ba_rows(cfg, zoom: int = 3):
                            title=f"in_proj_ba's {Hk * 2 * r} rows: {Hk} groups of [b {r} | a {r}]")
 
 
-def draw_gated_deltanet(cfg, ax=None):
-    """The Gated DeltaNet layer as a data flow, with the shapes of ``cfg`` (B sequences of T tokens)."""
+def draw_gated_deltanet(cfg, chunk_size: int = 64, ax=None):
+    """The Gated DeltaNet layer as a data flow, with the shapes of ``cfg`` (B sequences of T tokens) and
+    the kernel's ``chunk_size`` (the layer's attribute of that name)."""
     Hk, Hv, Dk, Dv, r = _heads(cfg)
     hid, K = cfg.hidden_size, cfg.linear_conv_kernel_dim
     key_dim, value_dim = Hk * Dk, Hv * Dv
@@ -59,7 +61,7 @@ def draw_gated_deltanet(cfg, ax=None):
         "beta": Box(2.4, 3, "β = σ(b)", c["key"]),
         "g": Box(3.4, 3, "g = $-e^{A}$ softplus(a + Δ)", c["state"]),
         "norm": Box(1.1, 4, f"L2-normalise q, k\n(q also × 1/√{Dk})", "white"),
-        "rule": Box(1.7, 5, f"gated delta rule, chunks of 64\neach k head serves {r} v heads\n"
+        "rule": Box(1.7, 5, f"gated delta rule, chunks of {chunk_size}\neach k head serves {r} v heads\n"
                             f"state (B, {Hv}, {Dk}, {Dv}), float32", c["state"]),
         "gnorm": Box(0.6, 6, "gated RMSNorm per head:\nRMSNorm(o) · w · silu(z)", c["gate"]),
         "out": Box(0.6, 7, f"out_proj  {value_dim} → {hid}", "white"),
@@ -76,4 +78,4 @@ def draw_gated_deltanet(cfg, ax=None):
         ("rule", "gnorm", f"o (B, T, {Hv}, {Dv})", (0.1, 0.0)), ("z", "gnorm"),
         ("gnorm", "out", f"(B, T, {value_dim})"), ("out", "y"),
     ]
-    return draw_flow(boxes, arrows, title="Gated DeltaNet, one layer", size=(6.8, 7.4), ax=ax)
+    return draw_flow(boxes, arrows, title="Gated DeltaNet, one layer", size=(COLUMN_INCHES, 7.4), ax=ax)
