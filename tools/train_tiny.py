@@ -9,6 +9,7 @@ seeded; nothing is downloaded. ``--quick`` is a smoke run of a few steps into a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -26,7 +27,7 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "qwen3next" / "data"
 
 # The recall study: one mixer per run at equal state size, plus the ablations (no short conv, the
 # reference's initialisation), all on the same task, steps and learning rate.
-RECALL_TASK = MQARTask(num_pairs=8, num_keys=64, num_values=64)
+RECALL_TASK = MQARTask(num_pairs=8, num_keys=32, num_values=32)
 RECALL_RUNS = [
     RecallRun("attention"),
     RecallRun("linear_attention"),
@@ -78,8 +79,7 @@ def main(argv=None) -> int:
     if not args.skip_recall:
         log = JsonlLog(args.out / "recall_log.jsonl")
         for run in RECALL_RUNS:
-            run.steps = args.recall_steps
-            result = train_recall(run, RECALL_TASK, log=log)
+            result = train_recall(dataclasses.replace(run, steps=args.recall_steps), RECALL_TASK, log=log)
             print(f"recall: {result['name']:<40} accuracy {result['accuracy']:.3f} ({result['seconds']:.0f} s)",
                   flush=True)
     summary.update(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start,

@@ -45,9 +45,9 @@ MIXERS = ("attention", "linear_attention", "deltanet", "gated_deltanet", "hybrid
 class MQARTask:
     """``num_pairs`` key-value pairs drawn from ``num_keys`` keys and ``num_values`` values."""
 
-    num_pairs: int = 16
-    num_keys: int = 64
-    num_values: int = 64
+    num_pairs: int = 8
+    num_keys: int = 32
+    num_values: int = 32
 
     @property
     def seq_len(self) -> int:
@@ -114,7 +114,7 @@ class LinearAttention(GatedDeltaNet):
 
 
 # ------------------------------------------------------------------------------------------ models
-def recall_config(mixer: str, task: MQARTask, hidden_size: int = 64, num_layers: int = 4,
+def recall_config(mixer: str, task: MQARTask, hidden_size: int = 128, num_layers: int = 4,
                   head_dim: int = 32) -> Qwen3NextConfig:
     """A small Qwen3-Next with dense SwiGLU MLPs whose every mixer is ``mixer`` (``"hybrid"``: 3 recurrent
     layers to 1 attention layer). Recurrent layers have 2 heads of ``head_dim x head_dim`` state."""
@@ -190,10 +190,10 @@ class RecallRun:
     short_conv: bool = True
     init: str = "mamba2"
     seed: int = 0
-    steps: int = 600
+    steps: int = 800
     batch_size: int = 64
     lr: float = 3e-3
-    eval_every: int = 50
+    eval_every: int = 100
 
     @property
     def name(self) -> str:

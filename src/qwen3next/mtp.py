@@ -72,18 +72,20 @@ class MultiTokenPredictor(nn.Module):
     def forward(
         self,
         embeds: torch.Tensor,  # (B, T, H) embeddings of x_{t+1}
-        hidden: torch.Tensor,  # (B, T, H) the trunk's h_t after its final norm (or the head's own output)
+        hidden: torch.Tensor,  # (B, T, H) the trunk's h_t after its final norm
         cos: torch.Tensor,  # (B, T, rotary_dim) for the positions t
         sin: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,  # (B, past + T) padding mask, or None
+        attention_mask: torch.Tensor | None = None,  # (B, past + T), or None
         cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if embeds.shape != hidden.shape:
-            raise ValueError(f"embeds, hidden: expected one (B, T, H) shape, found {tuple(embeds.shape)} "
-                             f"and {tuple(hidden.shape)}")
-        x = torch.cat([self.pre_fc_norm_embedding(embeds), self.pre_fc_norm_hidden(hidden)], dim=-1)  # (B, T, 2H)
-        x = self.fc(x)  # (B, T, H)
-        x, router_logits = self.layers[0](x, cos, sin, attention_mask=attention_mask, cache=cache)
+            raise ValueError(f"embeds, hidden: expected one (B, T, H) shape, found "
+                             f"{tuple(embeds.shape)} and {tuple(hidden.shape)}")
+        e = self.pre_fc_norm_embedding(embeds)  # (B, T, H)
+        h = self.pre_fc_norm_hidden(hidden)  # (B, T, H)
+        x = self.fc(torch.cat([e, h], dim=-1))  # (B, T, 2H) -> (B, T, H): e first
+        layer = self.layers[0]
+        x, router_logits = layer(x, cos, sin, attention_mask, cache)
         return self.norm(x), router_logits
 
 

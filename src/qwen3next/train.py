@@ -65,8 +65,9 @@ def story_model_config(vocab_size: int, eos_token_id: int | None = None) -> Qwen
 
 # ------------------------------------------------------------------------------ initialisation
 @torch.no_grad()
-def init_for_training(model: nn.Module, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_floor: float = 1e-4,
-                      A_max: float = 16.0, generator: torch.Generator | None = None) -> None:
+def init_for_training(model: nn.Module, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                      dt_floor: float = 1e-4, A_max: float = 16.0,
+                      generator: torch.Generator | None = None) -> None:
     """Give every DeltaNet head a slow, spread-out forgetting rate (Mamba-2 / flash-linear-attention init).
 
     ``dt`` is log-uniform in ``[dt_min, dt_max]`` and ``dt_bias = softplus^-1(dt) = dt + log(1 - e^-dt)``,
@@ -76,9 +77,11 @@ def init_for_training(model: nn.Module, dt_min: float = 1e-3, dt_max: float = 1e
         if isinstance(layer, GatedDeltaNet):
             n = layer.dt_bias.numel()
             u = torch.rand(n, generator=generator)
-            dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp_min(dt_floor)
-            layer.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-            A = (torch.rand(n, generator=generator) * A_max).clamp_min(1e-6)  # U(0, 16); log(0) would be -inf
+            log_dt = math.log(dt_min) + u * (math.log(dt_max) - math.log(dt_min))
+            dt = log_dt.exp().clamp_min(dt_floor)  # log-uniform in [dt_min, dt_max]
+            layer.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1
+            A = torch.rand(n, generator=generator) * A_max  # U(0, A_max)
+            A = A.clamp_min(1e-6)  # log(0) would be -inf
             layer.A_log.copy_(A.log())
 
 
@@ -104,8 +107,8 @@ def mtp_loss(mtp_logits: torch.Tensor, labels: torch.Tensor, reduction: str = "m
     return _cross_entropy(mtp_logits[:, :-1], labels[:, 2:], reduction)
 
 
-def balance_loss(router_logits: Sequence[torch.Tensor], num_experts: int, top_k: int,
-                 micro_batches: int = 1) -> torch.Tensor:
+def balance_loss(router_logits: Sequence[torch.Tensor], num_experts: int,
+                 top_k: int, micro_batches: int = 1) -> torch.Tensor:
     """Load-balancing loss ``E sum_e f_e P_e`` of each MoE layer, averaged over layers.
 
     ``f_e``: share of tokens with ``e`` in their top-k (no gradient); ``P_e``: mean router probability of
@@ -118,11 +121,12 @@ def balance_loss(router_logits: Sequence[torch.Tensor], num_experts: int, top_k:
     for logits in router_logits:  # (N, E) per layer
         N = logits.shape[0]
         if N % micro_batches:
-            raise ValueError(f"micro_batches: {micro_batches} does not divide the {N} router rows")
-        probs = F.softmax(logits.float(), dim=-1).view(micro_batches, N // micro_batches, num_experts)
+            raise ValueError(f"micro_batches: {micro_batches} does not divide {N}")
+        probs = F.softmax(logits.float(), dim=-1)  # (N, E)
+        probs = probs.view(micro_batches, N // micro_batches, -1)  # (m, n, E)
         chosen = torch.topk(probs, top_k, dim=-1).indices  # (m, n, k)
         counts = torch.zeros_like(probs).scatter_(-1, chosen, 1.0).sum(1)  # (m, E)
-        f = counts / probs.shape[1]  # (m, E): fraction of the micro-batch's tokens routed to e
+        f = counts / probs.shape[1]  # (m, E): share of the tokens routed to e
         P = probs.mean(1)  # (m, E)
         losses.append((num_experts * (f * P).sum(-1)).mean())
     return torch.stack(losses).mean()
@@ -138,8 +142,10 @@ class Losses:
     balance: torch.Tensor
 
 
-def compute_losses(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                   mtp_weight: float = 0.3, balance_coef: float | None = None, micro_batches: int = 1) -> Losses:
+def compute_losses(model: nn.Module, input_ids: torch.Tensor,
+                   labels: torch.Tensor | None = None, mtp_weight: float = 0.3,
+                   balance_coef: float | None = None,
+                   micro_batches: int = 1) -> Losses:
     """``lm + mtp_weight * mtp + balance_coef * balance`` for one batch ``input_ids (B, T)``.
 
     ``labels`` default to ``input_ids`` (``IGNORE`` marks padding); ``balance_coef`` defaults to the
@@ -149,15 +155,17 @@ def compute_losses(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tens
 
     labels = input_ids if labels is None else labels
     cfg = model.config
-    hidden, _, router_logits = model.model(input_ids, return_router_logits=True)  # hidden after the final norm
+    # the trunk: hidden states after the final norm, each MoE layer's router logits
+    hidden, _, router_logits = model.model(input_ids, return_router_logits=True)
     lm = next_token_loss(model.lm_head(hidden), labels)
     total, mtp = lm, None
     if getattr(model, "mtp", None) is not None:
-        out = mtp_forward(model, input_ids[:, 1:], hidden[:, :-1])  # pairs (x_{t+1}, h_t)
+        out = mtp_forward(model, input_ids[:, 1:], hidden[:, :-1])  # (x_{t+1}, h_t)
         mtp = mtp_loss(out.logits, labels)
         router_logits = [*router_logits, out.router_logits]
         total = total + mtp_weight * mtp
-    balance = balance_loss(router_logits, cfg.num_experts, cfg.num_experts_per_tok, micro_batches)
+    E, k = cfg.num_experts, cfg.num_experts_per_tok
+    balance = balance_loss(router_logits, E, k, micro_batches)
     coef = cfg.router_aux_loss_coef if balance_coef is None else balance_coef
     return Losses(total + coef * balance, lm, mtp, balance)
 
@@ -311,8 +319,8 @@ def sample(model, tokenizer, prompt: str, max_new_tokens: int = 200) -> str:
     return tokenizer.decode(out[0], skip_special_tokens=True)
 
 
-def train(model: nn.Module, tokenizer, cfg: TrainConfig, log_path: str | Path | None = None,
-          progress: bool = True) -> list[dict]:
+def train(model: nn.Module, tokenizer, cfg: TrainConfig,
+          log_path: str | Path | None = None, progress: bool = True) -> list[dict]:
     """Train ``model`` in place on the story stream of ``cfg.seed``; return (and log) one record per step.
 
     Every ``eval_every`` steps (and at the end) the record also holds the validation losses on
@@ -325,36 +333,43 @@ def train(model: nn.Module, tokenizer, cfg: TrainConfig, log_path: str | Path | 
     torch.manual_seed(cfg.seed)
     for layer in model.modules():
         if isinstance(layer, GatedDeltaNet):
-            layer.chunk_size = cfg.chunk_size  # the result does not depend on it, only the speed
+            layer.chunk_size = cfg.chunk_size  # changes the speed, not the result
     log = JsonlLog(log_path)
     log.write({"config": asdict(cfg), "model": model.config.to_dict()})
-    held_out = generate_stories(cfg.eval_stories, seed=10_000 + cfg.seed)  # a seed the stream never uses
+    held_out = generate_stories(cfg.eval_stories, seed=10_000 + cfg.seed)  # unseen
     val_ids, val_labels = story_batch(held_out, tokenizer)
     floor = entropy_floor(held_out, tokenizer)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    groups = param_groups(model, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
     batches = packed_batches(tokenizer, cfg.batch_size, cfg.seq_len, seed=cfg.seed)
     history, start, cpu_start = [], time.perf_counter(), time.process_time()
     bar = tqdm(range(cfg.steps), disable=not progress, desc="training")
     for step in bar:
         model.train()
-        lr = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.final_lr_ratio)
+        lr = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup_steps,
+                           cfg.final_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses = compute_losses(model, next(batches), mtp_weight=cfg.mtp_weight, balance_coef=cfg.balance_coef)
+        losses = compute_losses(model, next(batches), mtp_weight=cfg.mtp_weight,
+                                balance_coef=cfg.balance_coef)
         losses.total.backward()
         grad_norm = clip_gradients(model, cfg.clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        record = {"step": step + 1, "lr": lr, "loss": losses.total.item(), "lm": losses.lm.item(),
-                  "balance": losses.balance.item(), "grad_norm": grad_norm,
-                  "tokens": (step + 1) * cfg.batch_size * cfg.seq_len, "seconds": time.perf_counter() - start,
+        record = {"step": step + 1, "lr": lr, "loss": losses.total.item(),
+                  "lm": losses.lm.item(), "balance": losses.balance.item(),
+                  "grad_norm": grad_norm,
+                  "tokens": (step + 1) * cfg.batch_size * cfg.seq_len,
+                  "seconds": time.perf_counter() - start,
                   "cpu_seconds": time.process_time() - cpu_start}
         if losses.mtp is not None:
             record["mtp"] = losses.mtp.item()
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             model.eval()
-            record.update(evaluate(model, val_ids, val_labels), floor=floor.nats_per_token,
-                          sample=sample(model, tokenizer, cfg.sample_prompt, cfg.sample_tokens))
+            record.update(evaluate(model, val_ids, val_labels))
+            record["floor"] = floor.nats_per_token
+            record["sample"] = sample(model, tokenizer, cfg.sample_prompt,
+                                      cfg.sample_tokens)
         bar.set_postfix(lm=f"{record['lm']:.3f}", refresh=False)
         log.write(record)
         history.append(record)
