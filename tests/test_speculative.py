@@ -11,6 +11,8 @@ decoding's two best logits were that close at the first difference (a tie, not a
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -227,3 +229,21 @@ def test_bad_arguments_are_named(spec_model):
     with pytest.raises(ValueError, match="no MTP head"):
         speculative_generate(Qwen3NextForCausalLM(Qwen3NextConfig.tiny(vocab_size=V)), ids, 4)
     assert isinstance(SpeculativeStats(2).acceptance_rate, float)
+
+
+def test_weight_bytes_of_the_release():
+    from qwen3next.accounting import moe_params, parameter_counts
+    from qwen3next.checkpoint import mtp_layout
+    from qwen3next.speculative import head_bytes_read, weight_bytes_read
+
+    cfg = Qwen3NextConfig.full()
+    counts, moe = parameter_counts(cfg), moe_params(cfg)
+    one = weight_bytes_read(cfg, 1)
+    assert one == 2 * (counts.active_with_lm_head + cfg.hidden_size)  # a token's active weights, bf16
+    every_expert = 2 * (counts.total - counts.embedding + 10**6 * cfg.hidden_size)
+    assert weight_bytes_read(cfg, 10**6) == pytest.approx(every_expert, rel=1e-9)  # all experts hit
+    assert 1.7 < weight_bytes_read(cfg, 3) / one < 1.9  # verifying 2 drafts reads ~1.8x the weights
+    # the head: its checkpoint tensors with only top-k of the routed experts, plus the trunk's lm_head
+    head = sum(math.prod(e.shape) for e in mtp_layout(cfg).values())
+    inactive = moe.routed - moe.active_routed
+    assert head_bytes_read(cfg) == 2 * (head - inactive + cfg.vocab_size * cfg.hidden_size + cfg.hidden_size)

@@ -28,9 +28,11 @@ model, and the engines' fused kernels.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 
@@ -39,7 +41,7 @@ from .mtp import MTPOutput, mtp_forward, new_mtp_cache
 from .rollback import Rollback, make_rollback, truncate_attention
 
 __all__ = ["accept_greedy", "accept_sampling", "residual_distribution", "SpeculativeStats",
-           "SpeculativeDecoder", "speculative_generate"]
+           "SpeculativeDecoder", "speculative_generate", "weight_bytes_read", "head_bytes_read", "PreNormHidden", "SwappedConcat", "UnshiftedTokens"]
 
 
 # ------------------------------------------------------------------------------------ acceptance
@@ -193,9 +195,11 @@ class SpeculativeDecoder:
         self._prefill(input_ids, attention_mask)
 
     # ------------------------------------------------------------------------------- helpers
-    def _trunk(self, tokens: torch.Tensor, attention_mask=None) -> torch.Tensor:
-        """The trunk on new ``tokens (B, T)`` with the cache: its post-norm hidden states ``(B, T, H)``."""
-        return self.model.model(tokens, attention_mask=attention_mask, cache=self.cache)[0]
+    def _trunk(self, tokens: torch.Tensor, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trunk on new ``tokens (B, T)`` with the cache: the hidden states ``lm_head`` reads and those
+        the head reads, ``(B, T, H)`` each: both the post-norm ones."""
+        hidden = self.model.model(tokens, attention_mask=attention_mask, cache=self.cache)[0]
+        return hidden, hidden
 
     def _pair_tokens(self, tokens: torch.Tensor, next_tokens: torch.Tensor) -> torch.Tensor:
         """The token the head reads with ``h_t``: the next one, ``x_{t+1}`` (tokens shifted, positions kept)."""
@@ -235,11 +239,11 @@ class SpeculativeDecoder:
     # --------------------------------------------------------------------------------- phases
     def _prefill(self, input_ids: torch.Tensor, attention_mask) -> None:
         B, T = input_ids.shape
-        hidden = self._trunk(input_ids, attention_mask)  # (B, T, H)
+        hidden, for_head = self._trunk(input_ids, attention_mask)  # (B, T, H) each
         first = self._draw(self.model.lm_head(hidden[:, -1]))[0]  # (B,) the trunk's token, as a draft is drawn
         self.pending = first
         next_ids = torch.cat([input_ids[:, 1:], first[:, None]], dim=1)  # (B, T): x_{t+1} for each slot t
-        self.unread = _Unread(self._pair_tokens(input_ids, next_ids), hidden,
+        self.unread = _Unread(self._pair_tokens(input_ids, next_ids), for_head,
                               torch.full((B,), T - 1, device=input_ids.device))
         self._emit(first[:, None], torch.ones(B, dtype=torch.long))
 
@@ -292,7 +296,7 @@ class SpeculativeDecoder:
         with _Clock(self.stats.seconds, "rollback"):
             self.rollback.before_verify(self.model, self.cache)
         with _Clock(self.stats.seconds, "verify"):
-            hidden = self._trunk(tokens)  # (B, k + 1, H)
+            hidden, for_head = self._trunk(tokens)  # (B, k + 1, H) each
             accepted, following = self._accept(drafts, q, self.model.lm_head(hidden))
         keep = accepted + 1  # the pending token and the accepted drafts stay in the trunk's caches
         with _Clock(self.stats.seconds, "rollback"):
@@ -304,7 +308,7 @@ class SpeculativeDecoder:
         next_ids = torch.cat([drafts, following[:, None]], dim=1)  # (B, k + 1), position i: x after slot i
         next_ids[torch.arange(B), accepted] = following
         self.unread = _Unread(self._pair_tokens(tokens[:, :longest], next_ids[:, :longest]),
-                              hidden[:, :longest], accepted)
+                              for_head[:, :longest], accepted)
         self._emit(next_ids, keep)
         self.pending = following
         return accepted
@@ -340,3 +344,68 @@ def speculative_generate(model, input_ids: torch.Tensor, max_new_tokens: int, nu
     while not decoder.done:
         decoder.step()
     return decoder.output(input_ids), decoder.stats
+
+
+# ------------------------------------------------------------------------------ why drafting pays
+def weight_bytes_read(config, tokens: int, bytes_per_param: int = 2) -> float:
+    """Expected bytes of weights one trunk forward over ``tokens`` new tokens reads (batch of one).
+
+    Everything but the routed experts is read once whatever ``tokens`` is; of the ``E`` routed experts of
+    a layer, ``tokens`` tokens choosing ``k`` each hit ``E (1 - (1 - k/E)^tokens)`` on average (tokens
+    routed independently and uniformly: real routing repeats experts more, so this is an upper bound).
+    The embedding counts one row per token; caches are left out (their bytes grow with the context).
+    """
+    from .accounting import moe_params, parameter_counts
+
+    counts, moe = parameter_counts(config), moe_params(config)
+    E, k = config.num_experts, config.num_experts_per_tok
+    layers = sum(config.is_moe_layer(i) for i in range(config.num_hidden_layers))
+    once = counts.active_with_lm_head - layers * moe.active_routed + tokens * config.hidden_size
+    hit = E * (1 - (1 - k / E) ** tokens) if E else 0.0
+    return (once + layers * hit * moe.routed / max(E, 1)) * bytes_per_param
+
+
+def head_bytes_read(config, bytes_per_param: int = 2) -> float:
+    """Bytes of weights one draft step of the MTP head reads: ``fc``, one gated-attention layer with its
+    sparse MoE (``k`` experts, the shared one, the router), three norms, and the trunk's ``lm_head``."""
+    from .accounting import attention_mixer_params, moe_params
+
+    H = config.hidden_size
+    moe = moe_params(config)
+    params = 2 * H * H + attention_mixer_params(config) + moe.active + 5 * H + config.vocab_size * H + H
+    return params * bytes_per_param
+
+
+# ------------------------------------------------------------------------------------- controls
+# Three wirings of the head that run without an error and only lower acceptance (the engines' wiring is
+# the class above). Each must collapse acceptance on a trained head: a check that the wiring is the one
+# the head was trained with.
+class PreNormHidden(SpeculativeDecoder):
+    """Control: the head reads the trunk's last hidden state *before* the final norm."""
+
+    def _trunk(self, tokens, attention_mask=None):
+        hidden, states, _ = self.model.model(tokens, attention_mask=attention_mask, cache=self.cache,
+                                             output_hidden_states=True)
+        return hidden, states[-1]
+
+
+class SwappedConcat(SpeculativeDecoder):
+    """Control: ``fc`` reads ``[h, e]`` instead of ``[e, h]`` (the same as swapping its weight's halves)."""
+
+    def __init__(self, model, *args, **kwargs):
+        head = copy.deepcopy(model.mtp)
+        with torch.no_grad():
+            head.fc.weight.copy_(head.fc.weight.roll(head.fc.weight.shape[1] // 2, dims=1))
+        self._swapped = SimpleNamespace(mtp=head, model=model.model, lm_head=model.lm_head)
+        super().__init__(model, *args, **kwargs)
+
+    def _head(self, next_ids, hidden, position_ids, attention_mask):
+        return mtp_forward(self._swapped, next_ids, hidden, position_ids=position_ids, cache=self.mtp_cache,
+                           attention_mask=attention_mask)
+
+
+class UnshiftedTokens(SpeculativeDecoder):
+    """Control: the head reads ``(x_t, h_t)``, the token of the same position, instead of ``(x_{t+1}, h_t)``."""
+
+    def _pair_tokens(self, tokens, next_tokens):
+        return tokens
