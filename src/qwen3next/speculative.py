@@ -41,7 +41,8 @@ from .mtp import MTPOutput, mtp_forward, new_mtp_cache
 from .rollback import Rollback, make_rollback, truncate_attention
 
 __all__ = ["accept_greedy", "accept_sampling", "residual_distribution", "SpeculativeStats",
-           "SpeculativeDecoder", "speculative_generate", "weight_bytes_read", "head_bytes_read", "PreNormHidden", "SwappedConcat", "UnshiftedTokens"]
+           "SpeculativeDecoder", "speculative_generate", "weight_bytes_read", "head_bytes_read",
+           "PreNormHidden", "SwappedConcat", "UnshiftedTokens"]
 
 
 # ------------------------------------------------------------------------------------ acceptance

@@ -38,7 +38,7 @@ def draw_mtp_flow(cfg: Qwen3NextConfig, batch: str = "B", tokens: str = "T"):
     arrow(ax, (hx, 4.44), (cx + 0.35, 4.06))
     note(ax, 0.1, 4.22, f"e ({B}, {T}, {H})")
     note(ax, 6.7, 4.22, f"h ({B}, {T}, {H})", ha="right")
-    box(ax, cx, 3.85, 2.9, 0.42, f"concatenate [e | h]  (embedding first)", COLORS["tensor"])
+    box(ax, cx, 3.85, 2.9, 0.42, "concatenate [e | h]  (embedding first)", COLORS["tensor"])
     arrow(ax, (cx, 3.64), (cx, 3.28), f"({B}, {T}, {2 * cfg.hidden_size})")
     box(ax, cx, 3.07, 2.9, 0.42, f"fc: {2 * H} -> {H}, no bias", COLORS["dense"])
     arrow(ax, (cx, 2.86), (cx, 2.5), f"({B}, {T}, {H})")
