@@ -154,6 +154,16 @@ class _Clock:
 
 # ------------------------------------------------------------------------------------- the loop
 @dataclass
+class Round:
+    """What one verification saw and decided (for looking at a round; the decoder does not read it)."""
+
+    read: torch.Tensor  # (B, k + 1) the pending token and the drafts
+    trunk_argmax: torch.Tensor  # (B, k + 1) the trunk's arg-max after each of them
+    accepted: torch.Tensor  # (B,) drafts accepted
+    following: torch.Tensor  # (B,) the trunk's token kept after them
+
+
+@dataclass
 class _Unread:
     """The pairs ``(x_{t+1}, h_t)`` the head has not read yet, at trunk slots ``start .. start + P - 1``."""
 
@@ -298,7 +308,9 @@ class SpeculativeDecoder:
             self.rollback.before_verify(self.model, self.cache)
         with _Clock(self.stats.seconds, "verify"):
             hidden, for_head = self._trunk(tokens)  # (B, k + 1, H) each
-            accepted, following = self._accept(drafts, q, self.model.lm_head(hidden))
+            logits = self.model.lm_head(hidden)  # (B, k + 1, V): row i follows tokens[:, : i + 1]
+            accepted, following = self._accept(drafts, q, logits)
+        self.last_round = Round(tokens, logits.argmax(-1), accepted, following)
         keep = accepted + 1  # the pending token and the accepted drafts stay in the trunk's caches
         with _Clock(self.stats.seconds, "rollback"):
             truncate_attention(self.cache, start, keep)
