@@ -35,11 +35,15 @@ TIE = 1e-4  # plain decoding's top-2 logit gap below which a different arg-max i
 
 @pytest.fixture(scope="module")
 def spec_model():
-    """A random 4-layer hybrid (3 DeltaNet, 1 attention) with an MTP head and slowly forgetting DeltaNet
-    heads (the training initialisation), so a wrong state shows in the outputs."""
+    """A random 4-layer hybrid (3 DeltaNet, 1 attention) with an MTP head, slowly forgetting DeltaNet
+    heads (the training initialisation, so a wrong state shows in the outputs) and uneven norm gains."""
     torch.manual_seed(0)
     model = Qwen3NextForCausalLM(Qwen3NextConfig.tiny(vocab_size=V, num_hidden_layers=4), mtp=True).eval()
     init_for_training(model, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # gains off their start, so that a norm read in the wrong place shows
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(len(name)))
     return model
 
 
@@ -186,10 +190,10 @@ def test_the_cache_check_catches_a_broken_rollback(spec_model, broken):
 
 
 def test_a_broken_rollback_changes_the_tokens(spec_model):
-    ids, _ = padded_batch([8], seed=9)
+    ids, _ = padded_batch([8, 8, 8, 8], seed=9)
     plain = generate(spec_model, ids, 16)
     ours, _ = speculative_generate(spec_model, ids, 16, num_draft_tokens=3, rollback=OneTooMany())
-    assert not torch.equal(ours, plain)
+    assert (ours != plain).any(-1).sum() >= 2  # rows whose text changed
 
 
 # ------------------------------------------------------------------------------- the pieces
@@ -247,3 +251,26 @@ def test_weight_bytes_of_the_release():
     head = sum(math.prod(e.shape) for e in mtp_layout(cfg).values())
     inactive = moe.routed - moe.active_routed
     assert head_bytes_read(cfg) == 2 * (head - inactive + cfg.vocab_size * cfg.hidden_size + cfg.hidden_size)
+
+
+# ---------------------------------------------------------------------------------- controls
+@pytest.mark.parametrize("control", ["PreNormHidden", "SwappedConcat", "UnshiftedTokens"])
+def test_a_wrong_wiring_changes_the_drafts_not_the_output(spec_model, control):
+    from qwen3next import speculative
+
+    ids, mask = padded_batch([6, 9], seed=12)
+    plain = generate(spec_model, ids, 10, attention_mask=mask)
+
+    def drafts(cls):
+        d = cls(spec_model, ids, 10, num_draft_tokens=2, attention_mask=mask)
+        seen = []
+        with torch.no_grad():
+            while not d.done:
+                d.step()
+                seen.append(d.last_round.read[:, 1:])
+        return d.output(ids), torch.cat(seen, 1)
+
+    right_out, right = drafts(SpeculativeDecoder)
+    wrong_out, wrong = drafts(getattr(speculative, control))
+    assert_same_tokens_up_to_ties(spec_model, ids, mask, wrong_out, plain)
+    assert right.shape != wrong.shape or not torch.equal(right, wrong)  # the head saw other inputs
