@@ -315,7 +315,8 @@ class SpeculativeDecoder:
         with _Clock(self.stats.seconds, "rollback"):
             truncate_attention(self.cache, start, keep)
             self.rollback.after_verify(self.model, self.cache, keep)
-            self.mtp_cache.crop(start)  # its slots past the trunk's read the head's own guesses of h
+            if self.mtp_cache.length > start:  # its slots past the trunk's read the head's own guesses of h
+                self.mtp_cache.crop(start)
         self.stats.record(active, k, accepted)
         longest = int(keep.max())
         next_ids = torch.cat([drafts, following[:, None]], dim=1)  # (B, k + 1), position i: x after slot i
