@@ -520,20 +520,3 @@ def tok_words(text):
     import regex
 
     return [to_byte_symbols(w) for w in regex.findall(QWEN_PATTERN, unicodedata.normalize("NFC", text))]
-
-
-# ----------------------------------------------------------------------------- exercise checks
-
-
-def test_exercise_checks(tok):
-    from qwen3next.exercises import ch02_tokenizer as ex
-
-    text = ex.EXERCISE_TEXT
-    assert ex.check_count_tokens(len(tok.encode(text)))
-    assert not ex.check_count_tokens(len(tok.encode(text)) + 1)
-    assert ex.check_first_merge(tok.merge_steps(ex.EXERCISE_WORD)[1][1])
-    assert not ex.check_first_merge(("x", "y"))
-    assert ex.check_gap(151936 - len(tok))
-    assert not ex.check_gap(0)
-    assert ex.check_byte_of_space(bytes_to_unicode()[0x20])
-    assert not ex.check_byte_of_space(" ")
