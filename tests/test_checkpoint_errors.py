@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from qwen3next.checkpoint import CheckpointError, check_checkpoint, open_checkpoint, read_header, read_tensor
+from qwen3next.checkpoint import check_checkpoint, open_checkpoint
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.fp8 import write_fp8_checkpoint
 from qwen3next.model import Qwen3NextForCausalLM
+from qwen3next.safetensors_file import CheckpointError, read_header, read_tensor
 from qwen3next.weights import load_mtp, load_weights
 
 CFG = Qwen3NextConfig.tiny(num_hidden_layers=4)

@@ -19,23 +19,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from qwen3next.checkpoint import (
-    INDEX_FILE,
-    CheckpointError,
-    MissingFileError,
-    check_checkpoint,
-    component_of,
-    hub_layout,
-    mtp_layout,
-    open_checkpoint,
-    read_header,
-    read_tensor,
-)
+from qwen3next.checkpoint import INDEX_FILE, check_checkpoint, open_checkpoint
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.fp8 import dequantize_fp8, quantize_fp8, write_fp8_checkpoint
+from qwen3next.hub_layout import component_of, hub_layout, mtp_layout
 from qwen3next.inspection import describe, format_summary
 from qwen3next.model import Qwen3NextForCausalLM
 from qwen3next.reference import max_abs_diff, random_reference_model
+from qwen3next.safetensors_file import CheckpointError, MissingFileError, read_header, read_tensor
 from qwen3next.weights import load_mtp
 
 CFG = Qwen3NextConfig.tiny(num_hidden_layers=4)  # 3 Gated DeltaNet layers + 1 gated attention layer

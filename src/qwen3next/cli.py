@@ -147,7 +147,7 @@ def cmd_generate(args, out, err) -> int:
 
 
 def main(argv: list[str] | None = None, out=None, err=None) -> int:
-    from .checkpoint import CheckpointError
+    from .safetensors_file import CheckpointError
 
     out, err = out or sys.stdout, err or sys.stderr
     args = build_parser().parse_args(argv)
