@@ -212,14 +212,15 @@ def checked_device(device: str | torch.device) -> torch.device:
     """``device`` as a ``torch.device`` that exists on this machine, else a ValueError naming it."""
     try:
         device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device: {device!r} is not a device (expected cpu, cuda, cuda:1, mps, ...): {err}") from None
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: {device!r} is not a device (expected cpu, cuda, cuda:1, mps, ...)") from None
     if device.type == "meta":
         raise ValueError("device: weights cannot be loaded onto the meta device (it holds no data)")
     try:
         torch.empty(0, device=device)
     except Exception as err:  # no CUDA build, no such GPU index, no MPS: torch says it in many ways
-        raise ValueError(f"device: {str(device)!r} is not available on this machine ({err})") from None
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"device: {str(device)!r} is not available on this machine ({why})") from None
     return device
 
 
