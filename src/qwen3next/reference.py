@@ -7,6 +7,8 @@ rest of the package never imports it.
 
 from __future__ import annotations
 
+import math
+
 from .config import Qwen3NextConfig
 
 
@@ -22,6 +24,30 @@ def reference_config(cfg: Qwen3NextConfig, attn_implementation: str = "eager"):
 def max_abs_diff(a, b) -> float:
     """Largest elementwise difference of two tensors, compared in float32."""
     return (a.float() - b.float()).abs().max().item()
+
+
+def diff_bound(d: float) -> str:
+    """``d`` as the smallest power of ten at or above it (``"<= 1e-06"``), or ``"= 0"``.
+
+    Rounded up like this, a difference of float noise prints the same on any CPU (unless it happens to
+    sit at a power of ten), which is what a committed notebook output needs.
+    """
+    if d == 0:
+        return "= 0"
+    return f"<= 1e{math.ceil(math.log10(d)):+03d}"
+
+
+def check_close(what: str, ours, ref, tol: float) -> float:
+    """Assert ``max |ours - ref| <= tol`` and print the check: ``what: max |diff| <= 1e-06 (tolerance 1e-05)``.
+
+    The way chapters show a reference check: the assert fails the cell on a wrong number, the printed
+    line tells the reader how close it is. Returns the difference.
+    """
+    d = max_abs_diff(ours, ref)
+    if not d <= tol:  # also catches NaN
+        raise AssertionError(f"{what}: max |diff| = {d:.3g} exceeds the tolerance {tol:.0e}")
+    print(f"{what}: max |diff| {diff_bound(d)} (tolerance {tol:.0e})")
+    return d
 
 
 # ---------------------------------------------------------------------------------------- moe (issue 6)
