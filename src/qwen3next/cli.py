@@ -71,7 +71,7 @@ def check_args(args) -> None:
          "a finite number >= 0 (0 is greedy)"),
         ("--top-k", args.top_k, args.top_k >= 0, "an integer >= 0 (0 keeps every token)"),
         ("--top-p", args.top_p, 0 < args.top_p <= 1, "a number in (0, 1]"),
-        ("--seed", args.seed, args.seed is None or 0 <= args.seed < 2**63, "an integer in 0 .. 2**63 - 1"),
+        ("--seed", args.seed, args.seed is None or 0 <= args.seed < 2**64, "an integer in 0 .. 2**64 - 1"),
         ("--expert-cache", args.expert_cache, args.expert_cache is None or args.expert_cache >= 1,
          "a positive number of experts"),
     ]
