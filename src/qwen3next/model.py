@@ -229,14 +229,16 @@ class Qwen3NextForCausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | str | None = None, device="cpu",
-                        offload_experts: bool = False, expert_cache_size: int | None = None):
+                        offload_experts: bool = False, expert_cache_size: int | None = None,
+                        check_finite: bool = True):
         """Load a Hub-format checkpoint directory: open and check it, build the model on the meta device
-        (nothing allocated), then let :func:`qwen3next.weights.load_weights` fill it."""
+        (nothing allocated), then let :func:`qwen3next.weights.load_weights` fill it (``check_finite``:
+        refuse a weight holding NaN or Inf, naming it)."""
         ckpt = open_checkpoint(path)
         with torch.device("meta"):
             model = cls(ckpt.config)
         return load_weights(model, ckpt, dtype=dtype, device=device, offload_experts=offload_experts,
-                            expert_cache_size=expert_cache_size)
+                            expert_cache_size=expert_cache_size, check_finite=check_finite)
 
     def new_cache(self, batch_size: int = 1) -> HybridCache:
         """An empty hybrid cache for ``batch_size`` rows (its tensors come with the first forward pass)."""
