@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import GatedAttention
 from .cache import HybridCache
 from .checkpoint import open_checkpoint
 from .config import Qwen3NextConfig
+from .decoder_layer import DecoderLayer
 from .deltanet import GatedDeltaNet
 from .linear import Linear
-from .moe import MLP, SparseMoeBlock, load_balancing_loss
+from .moe import load_balancing_loss
 from .norms import RMSNorm, RMSNormGated
 from .rope import RotaryEmbedding
 from .weights import load_weights
@@ -50,47 +50,6 @@ class CausalLMOutput:
     router_logits: tuple[torch.Tensor, ...] | None = None  # one (B*T, E) per MoE layer
     # embeddings, then each layer's output; the last one after the final norm (as the reference returns it)
     hidden_states: tuple[torch.Tensor, ...] | None = None
-
-
-class DecoderLayer(nn.Module):
-    """Pre-norm residual block: a token mixer (DeltaNet or attention), then a channel mixer (MoE)."""
-
-    def __init__(self, config: Qwen3NextConfig, layer_idx: int):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.layer_type = config.layer_types[layer_idx]
-        if self.layer_type == "linear_attention":
-            self.linear_attn = GatedDeltaNet(config, layer_idx)
-        else:
-            self.self_attn = GatedAttention(config, layer_idx)
-        if config.is_moe_layer(layer_idx):
-            self.mlp = SparseMoeBlock(config)
-        else:  # a layer listed in mlp_only_layers: a plain SwiGLU MLP
-            self.mlp = MLP(config.hidden_size, config.intermediate_size)
-        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-
-    def forward(
-        self,
-        x: torch.Tensor,  # (B, T, H)
-        cos: torch.Tensor | None,  # (B, T, rotary_dim), used by attention layers only
-        sin: torch.Tensor | None,
-        attention_mask: torch.Tensor | None = None,  # (B, past + T) padding mask, or None
-        cache=None,  # this layer's KVCache / DeltaNetState, or None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h = self.input_layernorm(x)
-        if self.layer_type == "linear_attention":
-            # a recurrent layer only needs to know which of the *new* tokens are padding
-            new_mask = None if attention_mask is None else attention_mask[:, -x.shape[1]:]
-            h = self.linear_attn(h, attention_mask=new_mask, cache=cache)
-        else:
-            h = self.self_attn(h, cos, sin, attention_mask=attention_mask, cache=cache)
-        x = x + h
-        h = self.mlp(self.post_attention_layernorm(x))
-        router_logits = None
-        if isinstance(h, tuple):  # the MoE block also returns its router logits (B*T, E)
-            h, router_logits = h
-        return x + h, router_logits
 
 
 class Qwen3NextModel(nn.Module):
