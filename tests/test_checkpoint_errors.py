@@ -355,11 +355,13 @@ def test_non_finite_weight_is_named(state, tmp_path, value):
     bad[name][3, 5] = value
     d = _write_checkpoint(tmp_path / "nan", bad)
     _refused(d, repr(name), "1 non-finite value", "check_finite=False")
-    # the opt-out loads it as it is
+    # the opt-out loads it as it is (from_pretrained passes it to load_weights)
     ckpt = open_checkpoint(d)
     with torch.device("meta"):
         model = Qwen3NextForCausalLM(ckpt.config)
     load_weights(model, ckpt, check_finite=False)
+    loaded = Qwen3NextForCausalLM.from_pretrained(d, check_finite=False).state_dict()[name]
+    torch.testing.assert_close(loaded, model.state_dict()[name], rtol=0, atol=0, equal_nan=True)
     w = model.state_dict()[name][3, 5]
     assert w.isnan().item() if value != value else w.item() == value
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import unicodedata
 from collections import Counter
@@ -331,6 +332,35 @@ def test_missing_and_malformed_files(tmp_path):
     (tmp_path / "merges.txt").write_text("")
     (tmp_path / "tokenizer_config.json").write_text("[1, 2")
     with pytest.raises(ValueError, match=r"tokenizer_config\.json"):
+        Tokenizer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda d: d.update(normalizer=["NFC"]), "normalizer must be NFC or null"),
+    (lambda d: d.update(pre_tokenizer=[1]), "pre_tokenizer must be an object"),
+    (lambda d: d["pre_tokenizer"].update(pretokenizers=[{"type": "Split", "behavior": "Isolated", "pattern": "x"}]),
+     "needs a {'Regex': pattern}"),
+    (lambda d: d["model"].update(vocab=["a"]), "model.vocab must map"),
+    (lambda d: d["model"].update(merges=[1]), "model.merges must be a list"),
+    (lambda d: d["model"].update(merges=[["a", 1]]), "every merge must be a pair of strings"),
+    (lambda d: d.update(added_tokens=[{"content": "<x>"}]), "integer 'id'"),
+    (lambda d: d.update(added_tokens=[{"content": 5, "id": 3}]), "string 'content'"),
+])
+def test_wrongly_typed_tokenizer_json_fields(tmp_path, change, expected):
+    data = json.loads((qwen3_files_dir() / "tokenizer.json").read_text(encoding="utf-8"))
+    data["model"]["merges"] = data["model"]["merges"][:10]
+    change(data)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"tokenizer\.json: .*" + re.escape(expected)):
+        Tokenizer.from_pretrained(tmp_path)
+
+
+def test_tokenizer_files_that_are_not_json(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"tokenizer\.json: nested too deeply"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_bytes(b'{"model": "\xff"}')
+    with pytest.raises(ValueError, match=r"tokenizer\.json: not UTF-8"):
         Tokenizer.from_pretrained(tmp_path)
 
 

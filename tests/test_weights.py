@@ -221,6 +221,22 @@ def test_fp8_block_round_trip_within_fp8_error():
     assert q.float().abs().max().item() == 448.0
 
 
+def test_fp8_relative_error_bound_holds_only_in_the_normal_range():
+    """2^-4 relative holds where |W / s| >= 2^-6 (e4m3's normal range); below it the step is a fixed
+    2^-9 s, so the error is at most 2^-10 s in absolute terms and up to 100% relative (rounding to 0)."""
+    torch.manual_seed(0)
+    w = torch.randn(1024, 1024)  # 1,048,576 Gaussian weights
+    q, scale_inv = quantize_fp8(w, (128, 128))
+    back = dequantize_fp8(q, scale_inv, (128, 128), torch.float32)
+    s = scale_inv.repeat_interleave(128, 0).repeat_interleave(128, 1)
+    err, rel = (back - w).abs(), (back - w).abs() / w.abs()
+    normal = (w / s).abs() >= 2**-6
+    assert (rel[normal] <= 2**-4).all() and rel[normal].max() > 0.058  # 1/17: the worst case, reached
+    assert (err <= torch.maximum(2**-4 * w.abs(), 2**-10 * s) * (1 + 2**-20)).all()  # the whole bound
+    assert int((~normal).sum()) == 114 and int((rel > 2**-4).sum()) == 55  # the numbers the chapter quotes
+    assert ((back == 0) & (w != 0)).any()
+
+
 def test_fp8_checkpoint_dequantises_within_fp8_error(sharded, ref, tmp_path, ids, ref_logits):
     d = write_fp8_checkpoint(sharded, tmp_path / "fp8", block=(16, 16))
     ckpt = open_checkpoint(d)
@@ -573,3 +589,14 @@ def test_download_passes_the_right_arguments(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="repo_id"):
         hub.download("not-a-repo")
     assert len(calls) == 2
+
+
+def test_dequantize_refuses_scales_of_the_wrong_shape():
+    q, scale_inv = quantize_fp8(torch.randn(40, 20), (16, 16))
+    assert scale_inv.shape == (3, 2)
+    with pytest.raises(ValueError, match=r"scale_inv: expected shape \[3, 2\].*found \[2, 2\]"):
+        dequantize_fp8(q, scale_inv[:2], (16, 16))
+    with pytest.raises(ValueError, match="w: expected a 2-D weight"):
+        quantize_fp8(torch.randn(4, 4, 4))
+    with pytest.raises(ValueError, match="block: expected two positive integers"):
+        quantize_fp8(torch.randn(4, 4), (0, 16))
