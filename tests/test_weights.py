@@ -127,7 +127,8 @@ def test_hub_layout_is_the_models_state_dict(overrides):
 
 
 def test_hub_layout_of_the_release_matches_the_published_counts():
-    # SPEC section 4: 75,944 tensors and 81,324,862,720 parameters including the MTP module
+    # the book's reference page, "Checkpoint layout": 75,944 tensors and 81,324,862,720 parameters,
+    # the MTP module included
     cfg = Qwen3NextConfig.full()
     layout, mtp = hub_layout(cfg), mtp_layout(cfg)
     from qwen3next.accounting import parameter_counts
