@@ -64,8 +64,8 @@ def describe_full() -> dict[str, int]:
     """Weight memory of the released model in each mode, from its config alone."""
     import math
 
-    from qwen3next.checkpoint import component_of, hub_layout
     from qwen3next.config import Qwen3NextConfig
+    from qwen3next.hub_layout import component_of, hub_layout
 
     layout = hub_layout(Qwen3NextConfig.full())
     total = sum(math.prod(e.shape) for e in layout.values())

@@ -71,11 +71,17 @@ def _check_conv_inputs(x: torch.Tensor, weight: torch.Tensor, state: torch.Tenso
 
 def causal_conv1d_step(x_t: torch.Tensor, weight: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     """One decoding step of :func:`causal_conv1d`: ``x_t`` (B, C) -> ``y_t`` (B, C); ``state`` (B, C, K)
-    is shifted left by one and updated in place (a dot product of the last K inputs with the kernel)."""
+    is shifted left by one and updated in place (a dot product of the last K inputs with the kernel).
+
+    The K products are summed in float32 and rounded once, as the convolution of the full forward (and
+    the reference's ``causal_conv1d_update``, one ``F.conv1d``) does: in bfloat16, rounding each product
+    first would make cached decoding drift away from the full forward."""
     if state.shape[:2] != x_t.shape or state.shape[-1] != weight.shape[-1]:
         raise ValueError(f"state: expected (B, C, K) = {(*x_t.shape, weight.shape[-1])}, found {_shape(state)}")
     state.copy_(torch.cat([state[..., 1:], x_t.unsqueeze(-1).to(state.dtype)], dim=-1))
-    return (state.to(weight.dtype) * weight).sum(-1).to(x_t.dtype)  # (B, C)
+    acc = torch.promote_types(weight.dtype, torch.float32)  # float32, or float64 for a float64 model
+    y = (state.to(weight.dtype).to(acc) * weight.to(acc)).sum(-1)  # (B, C)
+    return y.to(weight.dtype).to(x_t.dtype)
 
 
 # ------------------------------------------------------------------------------------- the state

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import FP8_CODES, Plan, read_tensor
+from .checkpoint import Plan
 from .fp8 import dequantize_fp8
+from .safetensors_file import FP8_CODES, read_tensor
 
 
 class ExpertStore:
