@@ -251,17 +251,25 @@ def scan_chunks(U, W, P, q_in, k_out, decay, h):
 
 
 def _scan_forward(U, W, P, q_in, k_out, decay, h, keep: bool):
-    """The loop of :func:`scan_chunks`; with ``keep`` also the states before each chunk and each V'."""
+    """The loop of :func:`scan_chunks`; with ``keep`` also the states before each chunk and each V'.
+
+    Every step writes into memory allocated once: fresh multi-megabyte tensors per step would cost a
+    page fault per page each time, which on a CPU is as slow as the products themselves.
+    """
+    N = U.shape[0]
     o = torch.empty_like(U)  # (N, BH, C, Dv)
-    states, writes = [], []
-    for n in range(U.shape[0]):
-        v_new = torch.baddbmm(U[n], W[n], h, alpha=-1)  # (BH, C, Dv) = U - W h
-        torch.baddbmm(q_in[n] @ h, P[n], v_new, out=o[n])
+    V = torch.empty_like(U) if keep else torch.empty_like(U[0])  # V' of every chunk, or one buffer reused
+    H = h.new_empty((N + 1, *h.shape)) if keep else h.clone()[None]  # the states, or one updated in place
+    H[0] = h
+    for n in range(N):
+        h, v_new = H[n if keep else 0], V[n] if keep else V
+        torch.baddbmm(U[n], W[n], h, alpha=-1, out=v_new)  # (BH, C, Dv) = U - W h
+        torch.bmm(q_in[n], h, out=o[n]).baddbmm_(P[n], v_new)  # (BH, C, Dv)
         if keep:
-            states.append(h)
-            writes.append(v_new)
-        h = torch.baddbmm(h * decay[n], k_out[n].transpose(-1, -2), v_new)  # (BH, Dk, Dv)
-    return o, h, (torch.stack(states), torch.stack(writes)) if keep else None
+            torch.baddbmm(h * decay[n], k_out[n].transpose(-1, -2), v_new, out=H[n + 1])  # (BH, Dk, Dv)
+        else:
+            h.mul_(decay[n]).baddbmm_(k_out[n].transpose(-1, -2), v_new)
+    return o, H[-1], (H[:-1], V) if keep else None
 
 
 class _ChunkScan(torch.autograd.Function):
@@ -286,20 +294,22 @@ class _ChunkScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dh):
         W, P, q_in, k_out, decay, H, V = ctx.saved_tensors  # H (N, BH, Dk, Dv): states; V (N, BH, C, Dv): V'
+        N = W.shape[0]
         dV = P.transpose(-1, -2) @ do  # (N, BH, C, Dv): the parts that need no later gradient, all at once
         dH_read = q_in.transpose(-1, -2) @ do  # (N, BH, Dk, Dv)
         G = torch.empty_like(H)  # G[n]: gradient of the state after chunk n
-        grad = dh
-        for n in reversed(range(W.shape[0])):
-            G[n] = grad
-            dV[n].baddbmm_(k_out[n], grad)
-            grad = torch.baddbmm(dH_read[n].add_(grad * decay[n]), W[n].transpose(-1, -2), dV[n], alpha=-1)
+        G[-1] = dh
+        dh0 = torch.empty_like(dh)
+        for n in reversed(range(N)):
+            dV[n].baddbmm_(k_out[n], G[n])
+            before = G[n - 1] if n else dh0
+            torch.addcmul(dH_read[n], G[n], decay[n], out=before).baddbmm_(W[n].transpose(-1, -2), dV[n], alpha=-1)
         dW = -(dV @ H.transpose(-1, -2))  # (N, BH, C, Dk)
         dP = do @ V.transpose(-1, -2)  # (N, BH, C, C)
         dq_in = do @ H.transpose(-1, -2)  # (N, BH, C, Dk)
         dk_out = V @ G.transpose(-1, -2)  # (N, BH, C, Dk)
         ddecay = (H * G).sum((-2, -1), keepdim=True)  # (N, BH, 1, 1)
-        return dV, dW, dP, dq_in, dk_out, ddecay, grad
+        return dV, dW, dP, dq_in, dk_out, ddecay, dh0
 
 
 def unit_lower_inverse(A: torch.Tensor) -> torch.Tensor:
