@@ -59,26 +59,31 @@ def _ms(xs: list[float]) -> str:
     return f"{statistics.median(xs) * 1e3:.2f} ms [{min(xs) * 1e3:.2f}-{max(xs) * 1e3:.2f}]"
 
 
-def race(sides: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, Timing]:
-    """Run every side ``warmup`` times, then ``repeats`` rounds in turn; a side returning a
-    :class:`Split` (from :func:`timed`) is credited with that, otherwise with the whole call."""
+def race(sides: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+         number: int = 1) -> dict[str, Timing]:
+    """Run every side ``warmup`` times, then ``repeats`` rounds in turn, each run ``number`` calls (for
+    calls too short to time one by one; the time per call is kept). A side returning a :class:`Split`
+    (from :func:`timed`) is credited with that, otherwise with the whole call."""
     for _ in range(warmup):
         for fn in sides.values():
             fn()
     out = {name: Timing() for name in sides}
     for _ in range(repeats):
         for name, fn in sides.items():
-            whole = [time.process_time(), time.perf_counter()]
-            inner = fn()
-            split = inner if isinstance(inner, Split) else Split(time.process_time() - whole[0],
-                                                                  time.perf_counter() - whole[1])
-            out[name].add(split)
+            cpu = wall = 0.0
+            for _ in range(number):
+                whole = [time.process_time(), time.perf_counter()]
+                inner = fn()
+                split = inner if isinstance(inner, Split) else Split(time.process_time() - whole[0],
+                                                                      time.perf_counter() - whole[1])
+                cpu, wall = cpu + split.cpu, wall + split.wall
+            out[name].add(Split(cpu / number, wall / number))
     return out
 
 
-def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> Timing:
+def measure(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, number: int = 1) -> Timing:
     """One side alone (see :func:`race`)."""
-    return race({"only": fn}, repeats, warmup)["only"]
+    return race({"only": fn}, repeats, warmup, number)["only"]
 
 
 @dataclass(frozen=True)
@@ -101,15 +106,19 @@ def ratio(a: Timing, b: Timing, clock: str = "cpu") -> Ratio:
 
 
 def report(name: str, ours: Timing, ref: Timing, extra: str = "") -> None:
-    """One line: both sides' medians and ranges and the ratio ours / reference, CPU and wall."""
-    print(f"{name}\n    ours      {ours}\n    reference {ref}\n"
-          f"    ratio ours / reference: {ratio(ours, ref)} CPU, {ratio(ours, ref, 'wall')} wall{extra}")
+    """Two lines: what was timed, then both sides' CPU-time medians [ranges] and the ratio ours / reference."""
+    print(f"{name}{extra}")
+    print(f"    ours {_ms(ours.cpu)}   reference {_ms(ref.cpu)}   ours / reference {ratio(ours, ref)} CPU, "
+          f"{ratio(ours, ref, 'wall')} wall")
 
 
 def setup() -> int:
-    """Apply ``OMP_NUM_THREADS`` (default 1) to torch, print versions and threads; return the count."""
+    """Apply ``OMP_NUM_THREADS`` (default 1) to torch, quiet the reference's notices, print versions and
+    threads; return the count."""
     import torch
+    from transformers.utils import logging
 
+    logging.set_verbosity_error()  # the reference says once per kernel that it runs plain PyTorch: we know
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     torch.set_num_threads(threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) (OMP_NUM_THREADS="
