@@ -28,7 +28,6 @@ Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_real_width.py`` (``--
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
@@ -170,6 +169,14 @@ def decode(model, steps: int, on_step=None) -> list[int]:
 
 
 def decode_in_memory(path: str, steps: int) -> dict:
+    """Load the slice (6.6 GB) and decode in a fresh process: memory freed by a process is not always
+    handed back to the system (glibc keeps small blocks), so the offloading runs would see it."""
+    res = _run_worker("memory", path, steps)
+    layers = {kind: Timing(*t) for kind, t in res["layers"].items()}
+    return {"steps": Timing(*res["steps"]), "layers": layers, "bytes": res["bytes"], "tokens": res["tokens"]}
+
+
+def memory_worker(path: str, steps: int) -> dict:
     from qwen3next.model import Qwen3NextForCausalLM
 
     model = Qwen3NextForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
@@ -177,8 +184,16 @@ def decode_in_memory(path: str, steps: int) -> dict:
     decode(model, 1)  # warm-up
     layers = layer_clock(model)
     tokens = decode(model, steps, on_step=lambda fn: per_step.add(timed(fn)))
-    return {"steps": per_step, "layers": layers, "bytes": step_bytes(model, model.config, PROMPT + steps // 2),
-            "tokens": tokens}
+    return {"steps": [per_step.cpu, per_step.wall], "layers": {k: [t.cpu, t.wall] for k, t in layers.items()},
+            "bytes": step_bytes(model, model.config, PROMPT + steps // 2), "tokens": tokens}
+
+
+def _run_worker(*args) -> dict:
+    res = subprocess.run([sys.executable, __file__, "--worker", *map(str, args)], capture_output=True, text=True,
+                         timeout=1800)
+    if res.returncode != 0:
+        raise SystemExit(f"worker {args} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def head_time(cfg: Qwen3NextConfig) -> Timing:
@@ -259,12 +274,10 @@ def extrapolate(measured: dict, bw: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------ offloading
-def offload_worker(path: str, cache: int, mode: str, steps: int) -> None:
-    """One offloaded decode in a fresh process; prints a JSON line."""
+def offload_worker(path: str, cache: int, mode: str, steps: int) -> dict:
+    """One offloaded decode in a fresh process."""
     from qwen3next.model import Qwen3NextForCausalLM
     from qwen3next.offload import enable_prefetch
-
-    setup()
 
     def status(key):
         return int(next(line for line in open("/proc/self/status") if line.startswith(key + ":")).split()[1]) * 1024
@@ -289,7 +302,7 @@ def offload_worker(path: str, cache: int, mode: str, steps: int) -> None:
     before = counts
     after = store.stats()
     d = {k: after[k] - before[k] for k in ("hits", "misses", "bytes_read", "prefetched", "prefetch_used")}
-    print(json.dumps({"wall": sum(wall), "peak": status("VmHWM") - base, "tokens": tokens, **d}))
+    return {"wall": sum(wall), "peak": status("VmHWM") - base, "tokens": tokens, **d}
 
 
 def offload_runs(path: str, caches: list[int], steps: int, runs: int, expected_tokens: list[int]) -> list[dict]:
@@ -299,11 +312,7 @@ def offload_runs(path: str, caches: list[int], steps: int, runs: int, expected_t
         for cache in caches:
             for mode in modes:
                 evict(path)
-                res = subprocess.run([sys.executable, __file__, "--worker", path, str(cache), mode, str(steps)],
-                                     capture_output=True, text=True, timeout=1800)
-                if res.returncode != 0:
-                    raise SystemExit(f"offload worker failed:\n{res.stderr[-3000:]}")
-                results.setdefault((cache, mode), []).append(json.loads(res.stdout.strip().splitlines()[-1]))
+                results.setdefault((cache, mode), []).append(_run_worker("offload", path, cache, mode, steps))
     print(f"\n4. experts on disk, {steps} decode steps after a {PROMPT}-token prompt, page cache dropped before "
           f"each run; wall time (reads wait for the disk), median [range] of {runs} fresh processes")
     rows = []
@@ -347,11 +356,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24, help="decode steps")
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per offloading setting")
     parser.add_argument("--caches", default="20,80,320", help="offload cache sizes (experts)")
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        path, cache, mode, steps = args.worker
-        return offload_worker(path, int(cache), mode, int(steps))
+    if args.worker:  # one measurement in this fresh process: print it as a JSON line
+        kind, path, *rest = args.worker
+        setup()
+        if kind == "memory":
+            out = memory_worker(path, int(rest[0]))
+        else:
+            out = offload_worker(path, int(rest[0]), rest[1], int(rest[2]))
+        print(json.dumps(out))
+        return
     setup()
     cfg = Qwen3NextConfig.full().replace(**SLICE)
     bw = {1: bandwidth(1), "all": bandwidth(os.cpu_count())}
@@ -365,7 +380,6 @@ def main() -> None:
               f"vocab {cfg.vocab_size}; {total / GB:.2f} GB written in {time.perf_counter() - t:.0f} s")
 
         m = decode_in_memory(path, args.steps)
-        gc.collect()  # the model's modules refer to each other: free its 6.6 GB before the next parts
         full = Qwen3NextConfig.full()
         m["head"], m["head_bytes"] = head_time(full), 2 * full.vocab_size * full.hidden_size
         report_in_memory(m, bw, args.steps)
