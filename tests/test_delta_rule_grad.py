@@ -45,11 +45,11 @@ def test_unit_lower_inverse_is_the_inverse(n):
         assert max_abs_diff(Y @ (eye + A), eye.expand_as(A)) <= 1e-5 * scale
 
 
-@pytest.mark.parametrize("n", [3, 20])  # 20: one split into halves above a 16 x 16 block
+@pytest.mark.parametrize("n", [3, 18])  # 18: one split into halves above a 16 x 16 block
 def test_unit_lower_inverse_gradcheck(n):
-    A = strictly_lower((2, n, n), seed=1).requires_grad_()
+    A = strictly_lower((1, n, n), seed=1).requires_grad_()
     # the input is taken strictly lower inside the checked function: gradcheck perturbs every entry
-    assert torch.autograd.gradcheck(lambda A: unit_lower_inverse(A.tril(-1)), (A,))
+    assert torch.autograd.gradcheck(lambda A: unit_lower_inverse(A.tril(-1)), (A,), fast_mode=n > 8)
 
 
 def scan_inputs(N=3, BH=2, C=4, Dk=3, Dv=2, seed=0):
@@ -121,3 +121,15 @@ def test_no_gradient_flows_where_none_is_asked():
     o, _ = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=8, use_qk_l2norm_in_kernel=True)
     o.sum().backward()
     assert v.grad is not None and v.grad.shape == v.shape and q.grad is None
+
+
+def test_the_final_state_is_the_callers_to_change():
+    """A cache may overwrite the returned state in place; the saved states of the backward pass are apart."""
+    q, k, v, g, beta, S0 = kernel_inputs(T=40)
+    v = v.clone().requires_grad_()
+    o, S = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=16, initial_state=S0, output_final_state=True,
+                                  use_qk_l2norm_in_kernel=True)
+    (grad_before,) = torch.autograd.grad(o.sum(), v, retain_graph=True)
+    S.detach().zero_()  # as a cache would, between steps
+    (grad_after,) = torch.autograd.grad(o.sum(), v)
+    assert torch.equal(grad_before, grad_after)

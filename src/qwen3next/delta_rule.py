@@ -258,18 +258,20 @@ def _scan_forward(U, W, P, q_in, k_out, decay, h, keep: bool):
     """
     N = U.shape[0]
     o = torch.empty_like(U)  # (N, BH, C, Dv)
-    V = torch.empty_like(U) if keep else torch.empty_like(U[0])  # V' of every chunk, or one buffer reused
-    H = h.new_empty((N + 1, *h.shape)) if keep else h.clone()[None]  # the states, or one updated in place
-    H[0] = h
+    if keep:  # every state and every V' stay for the backward pass
+        H, V = h.new_empty((N + 1, *h.shape)), torch.empty_like(U)
+        H[0] = h
+    else:  # one state updated in place, one V' buffer reused
+        H, V = h.clone().unsqueeze(0), torch.empty_like(U[:1])
     for n in range(N):
-        h, v_new = H[n if keep else 0], V[n] if keep else V
+        h, v_new = H[n if keep else 0], V[n if keep else 0]
         torch.baddbmm(U[n], W[n], h, alpha=-1, out=v_new)  # (BH, C, Dv) = U - W h
         torch.bmm(q_in[n], h, out=o[n]).baddbmm_(P[n], v_new)  # (BH, C, Dv)
-        if keep:
-            torch.baddbmm(h * decay[n], k_out[n].transpose(-1, -2), v_new, out=H[n + 1])  # (BH, Dk, Dv)
-        else:
-            h.mul_(decay[n]).baddbmm_(k_out[n].transpose(-1, -2), v_new)
-    return o, H[-1], (H[:-1], V) if keep else None
+        h_next = torch.mul(h, decay[n], out=H[n + 1]) if keep else h.mul_(decay[n])
+        h_next.baddbmm_(k_out[n].transpose(-1, -2), v_new)  # (BH, Dk, Dv)
+    if keep:  # the final state is the caller's to change: its own memory, not a view of the saved states
+        return o, H[-1].clone(), (H[:-1], V)
+    return o, H[0], None
 
 
 class _ChunkScan(torch.autograd.Function):
