@@ -98,19 +98,27 @@ def evict(path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- bandwidth
-def bandwidth(threads: int) -> dict[str, float]:
-    """GB/s of copying 1 GiB (read + write) and of reading it (a sum) on ``threads`` threads, the fastest
-    of 7 runs. One thread is timed by its CPU time like the decode steps (a shared machine's waits for a
-    core do not count); several threads by the wall clock (their CPU times add up)."""
+def bandwidth(threads: int, repeats: int = 9) -> dict[str, float]:
+    """GB/s of copying 1 GiB (read + write) and of reading it (a sum) on ``threads`` threads: the median
+    of ``repeats`` runs (and in ``*_range`` the slowest and fastest). One thread is timed by its CPU time
+    like the decode steps; several threads by the wall clock (their CPU times add up)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     a = torch.ones(1 << 28, dtype=torch.float32)  # 1 GiB
     b = torch.empty_like(a)
     clock = "cpu" if threads == 1 else "wall"
-    copy = min(getattr(measure(lambda: b.copy_(a), 7), clock))
-    read = min(getattr(measure(lambda: a.sum(), 7), clock))
+    out = {}
+    for name, fn, nbytes in (("copy", lambda: b.copy_(a), 2 * a.nbytes), ("read", lambda: a.sum(), a.nbytes)):
+        times = getattr(measure(fn, repeats), clock)
+        out[name] = nbytes / statistics.median(times) / GB
+        out[f"{name}_range"] = (nbytes / max(times) / GB, nbytes / min(times) / GB)
     torch.set_num_threads(before)
-    return {"copy": 2 * a.nbytes / copy / GB, "read": a.nbytes / read / GB}
+    return out
+
+
+def describe_bandwidth(bw: dict) -> str:
+    return ", ".join(f"{name} {bw[name]:.1f} GB/s [{bw[name + '_range'][0]:.1f}-{bw[name + '_range'][1]:.1f}]"
+                     for name in ("copy", "read"))
 
 
 # ------------------------------------------------------------------------------ decode in memory
@@ -207,21 +215,23 @@ def head_time(cfg: Qwen3NextConfig) -> Timing:
 
 
 def report_in_memory(m: dict, bw: dict, steps: int) -> None:
-    copy, read = bw[1]["copy"], bw[1]["read"]
+    """Per layer type and per step: CPU time, bytes read, the rate, and its fraction of the copy bandwidth,
+    the read bandwidth and the rate of one large bf16 matrix-vector product (the real head)."""
+    head = m["head_bytes"] / m["head"].median("cpu") / GB
+    limits = {"copy": bw[1]["copy"], "read": bw[1]["read"], "one big matvec": head}
 
     def rate(nbytes, timing):
         cpu, wall = nbytes / timing.median("cpu") / GB, nbytes / timing.median("wall") / GB
-        return (f"{cpu:5.2f} GB/s by CPU time = {cpu / copy:.0%} of the copy, {cpu / read:.0%} of the read bandwidth "
-                f"(wall: {wall:.2f} GB/s, {wall / copy:.0%} of the copy)")
+        shares = ", ".join(f"{cpu / v:.0%} of {k}" for k, v in limits.items())
+        return f"{cpu:5.2f} GB/s by CPU time = {shares} (by the wall clock {wall:.2f} GB/s)"
 
     print(f"\n2. decode in memory, bf16, {steps} steps after a {PROMPT}-token prompt: {m['steps']} per step")
+    print(f"  the real head (151,936 x 2048 bf16, {m['head_bytes'] / 1e6:.0f} MB) alone: {m['head']}: {head:.2f} GB/s")
     for kind, t in m["layers"].items():
         print(f"  {kind:<17} {t.median() * 1e3:6.2f} ms CPU ({t.median('wall') * 1e3:.2f} wall), reads "
               f"{m['bytes'][kind] / 1e6:6.1f} MB: {rate(m['bytes'][kind], t)}")
     total = sum(m["bytes"].values())
     print(f"  whole step: {total / 1e6:.1f} MB: {rate(total, m['steps'])}")
-    print(f"  the real head (151,936 x 2048 bf16, {m['head_bytes'] / 1e6:.0f} MB): {m['head']}: "
-          f"{rate(m['head_bytes'], m['head'])}")
 
 
 # ------------------------------------------------------------------------------- the full model
@@ -250,7 +260,8 @@ def full_bytes(fp8: bool) -> dict[str, int]:
     return out
 
 
-def extrapolate(measured: dict, bw: dict) -> None:
+def extrapolate(measured: dict, bw: dict) -> dict[str, float]:
+    """Print the full model's bytes, limits and our extrapolated speed; return its seconds per token."""
     cfg = Qwen3NextConfig.full()
     counts = {kind: cfg.layer_types.count(kind) for kind in set(cfg.layer_types)}
     t_full = {clock: sum(measured["layers"][k].median(clock) * n for k, n in counts.items())
@@ -273,6 +284,7 @@ def extrapolate(measured: dict, bw: dict) -> None:
         print(f"      {what}: {speed['cpu']:.2f} tokens/s by CPU time ({speed['wall']:.2f} by the wall clock), "
               f"{total * speed['cpu'] / GB:.2f} GB/s = {total * speed['cpu'] / GB / bw[1]['copy']:.0%} of the "
               f"1-thread copy bandwidth")
+    return t_full
 
 
 # ------------------------------------------------------------------------------------ offloading
@@ -328,29 +340,33 @@ def offload_runs(path: str, caches: list[int], steps: int, runs: int, expected_t
               f"{r0['hits'] / (r0['hits'] + r0['misses']):.0%}, read ahead {r0['prefetched']} (used "
               f"{r0['prefetch_used']}); peak {peak / GB:.2f} GB; "
               f"predictions as in memory: {all(r['tokens'] == expected_tokens for r in rs)}")
-        rows.append({"cache": cache, "mode": mode, "peak": peak})
+        per_token = statistics.median(r["wall"] for r in rs) / steps
+        rows.append({"cache": cache, "mode": mode, "peak": peak, "wall": per_token})
     return rows
 
 
-def full_offload_memory(rows: list[dict], slice_cfg: Qwen3NextConfig) -> None:
-    """The full model's peak with offloading: its non-expert weights + the cache + the slice's overhead."""
+def full_offload(rows: list[dict], slice_cfg: Qwen3NextConfig, slice_step: float, full_step: float) -> None:
+    """The full model with offloading: peak = its non-expert weights + the cache + the slice's measured
+    overhead; time per token = in memory + 48 x the disk time the slice's layers added (wall clock)."""
     full = Qwen3NextConfig.full()
     expert = 3 * full.hidden_size * full.moe_intermediate_size * 2
 
     def non_expert(cfg):
         return sum(2 * math.prod(e.shape) for n, e in hub_layout(cfg).items() if ".mlp.experts." not in n)
 
-    print("\n5. peak resident memory of the full model with offloading (bf16), from the slice's measured overhead")
+    print("\n5. the full model with offloading (bf16), the same share of the cache per layer as the slice")
     for r in rows:
-        if r["mode"] != "on demand":
-            continue
-        overhead = r["peak"] - non_expert(slice_cfg) - r["cache"] * expert
-        per_layer = r["cache"] / slice_cfg.num_hidden_layers  # the same share of the cache per MoE layer
+        per_layer = r["cache"] / slice_cfg.num_hidden_layers  # every layer is a MoE layer
         cache_full = per_layer * full.num_hidden_layers
-        peak = non_expert(full) + cache_full * expert + overhead
-        print(f"  cache of {per_layer:.0f} experts per layer ({cache_full:.0f} in all): {peak / GB:.2f} GB "
-              f"(non-expert weights {non_expert(full) / GB:.2f} GB + cache {cache_full * expert / GB:.2f} GB + "
-              f"measured overhead {overhead / GB:.2f} GB)")
+        disk = max(r["wall"] - slice_step, 0.0) / slice_cfg.num_hidden_layers  # per layer and token
+        speed = 1 / (full_step + full.num_hidden_layers * disk)
+        line = f"  {per_layer:.0f} experts per layer ({cache_full:.0f} in all), {r['mode']:<9}: {speed:.2f} tokens/s"
+        if r["mode"] == "on demand":
+            overhead = r["peak"] - non_expert(slice_cfg) - r["cache"] * expert
+            peak = non_expert(full) + cache_full * expert + overhead
+            line += (f"; peak resident {peak / GB:.2f} GB (non-expert weights {non_expert(full) / GB:.2f} GB + cache "
+                     f"{cache_full * expert / GB:.2f} GB + measured overhead {overhead / GB:.2f} GB)")
+        print(line)
 
 
 def main() -> None:
@@ -372,8 +388,8 @@ def main() -> None:
     setup()
     cfg = Qwen3NextConfig.full().replace(**SLICE)
     bw = {1: bandwidth(1), "all": bandwidth(os.cpu_count())}
-    print(f"1. memory bandwidth: 1 thread copy {bw[1]['copy']:.1f} GB/s, read {bw[1]['read']:.1f} GB/s; "
-          f"{os.cpu_count()} threads copy {bw['all']['copy']:.1f} GB/s, read {bw['all']['read']:.1f} GB/s")
+    print(f"1. memory bandwidth, median [range] of 9 runs: 1 thread (CPU time) {describe_bandwidth(bw[1])}; "
+          f"{os.cpu_count()} threads (wall) {describe_bandwidth(bw['all'])}")
     with tempfile.TemporaryDirectory(prefix="qwen3next-slice-") as path:
         t = time.perf_counter()
         total = write_slice(path, cfg)
@@ -385,11 +401,11 @@ def main() -> None:
         full = Qwen3NextConfig.full()
         m["head"], m["head_bytes"] = head_time(full), 2 * full.vocab_size * full.hidden_size
         report_in_memory(m, bw, args.steps)
-        extrapolate(m, bw)
+        t_full = extrapolate(m, bw)
 
         caches = [int(c) for c in args.caches.split(",")]
         rows = offload_runs(path, caches, args.steps, args.runs, m["tokens"])
-        full_offload_memory(rows, cfg)
+        full_offload(rows, cfg, m["steps"].median("wall"), t_full["wall"])
 
 
 if __name__ == "__main__":
