@@ -8,7 +8,11 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: venv book test test-unit test-chapters lint bench clean chromium check-book student
+.PHONY: venv book test test-fast test-unit test-chapters lint bench clean chromium check-book student
+
+# The book checks (site in Chromium, a simulated Colab, the student notebooks): tests/book/, or the
+# three files they were in before that folder existed.
+BOOK_CHECKS := $(or $(wildcard tests/book),$(wildcard tests/test_site.py tests/test_colab_sim.py tests/test_student.py))
 
 venv: $(STAMP)
 
@@ -36,7 +40,7 @@ test: venv chromium
 		--nbval-cell-timeout=300 -p no:cacheprovider
 
 check-book: venv chromium
-	$(VENV)/bin/pytest tests/test_site.py tests/test_colab_sim.py tests/test_student.py -p no:cacheprovider
+	$(VENV)/bin/pytest $(BOOK_CHECKS) -p no:cacheprovider
 	@echo "Screenshots of the site: $(CURDIR)/artifacts/screenshots"
 
 # Student notebooks (solutions taken out) in student/
@@ -44,7 +48,12 @@ student: venv
 	$(PY) tools/make_student.py -o student
 
 test-unit: venv chromium
-	$(VENV)/bin/pytest tests
+	$(VENV)/bin/pytest tests -p no:cacheprovider
+
+# The developer loop: unit and reference tests, without the slow ones and without the book checks.
+test-fast: venv
+	$(VENV)/bin/pytest tests --ignore=tests/book $(addprefix --ignore=,$(filter %.py,$(BOOK_CHECKS))) \
+		-m "not slow" -q -p no:cacheprovider
 
 test-chapters: venv
 	$(VENV)/bin/pytest chapters --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=300

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from transformers.models.qwen3_next import modeling_qwen3_next as ref_mod
 
 from qwen3next.delta_rule import (
     attention_form_gated_delta_rule,
@@ -16,8 +17,6 @@ from qwen3next.delta_rule import (
     recurrent_gated_delta_rule,
 )
 from qwen3next.reference import max_abs_diff
-
-ref_mod = pytest.importorskip("transformers.models.qwen3_next.modeling_qwen3_next")
 
 TOL = 1e-5
 

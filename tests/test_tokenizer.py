@@ -9,7 +9,11 @@ import unicodedata
 from collections import Counter
 from itertools import pairwise
 
+import huggingface_hub.constants as hub_constants
 import pytest
+import tokenizers
+import torch
+import transformers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,8 +23,6 @@ from qwen3next.normalize import nfc
 from qwen3next.pretokenizer import QWEN_PATTERN
 from qwen3next.tokenizer import Tokenizer
 from qwen3next.tokenizer_files import qwen3_files_dir
-
-tokenizers = pytest.importorskip("tokenizers")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,6 @@ def ref():
 
 @pytest.fixture(scope="module")
 def hf():
-    transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(str(qwen3_files_dir()))
 
 
@@ -288,7 +289,6 @@ def test_decode_rejects_unknown_ids(tok):
 
 
 def test_decode_accepts_tensors(tok):
-    torch = pytest.importorskip("torch")
     ids = tok.encode("Hello, 世界")
     assert tok.decode(torch.tensor(ids)) == "Hello, 世界"
     assert tok.decode([torch.tensor(i) for i in ids]) == "Hello, 世界"
@@ -323,7 +323,6 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_repo_id_offline_is_a_clear_error(monkeypatch):
     # offline for sure, whenever huggingface_hub was imported: nothing may reach the network in tests
-    hub_constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(FileNotFoundError, match="could not be downloaded"):

@@ -26,3 +26,4 @@ def test_show_source_is_a_python_markdown_block():
     md = show_source(GatedDeltaNet.gates)
     assert md.data.startswith("```python\n") and md.data.endswith("\n```")
     assert "def gates(" in md.data
+

@@ -23,7 +23,7 @@ def check_cache_bytes_at_256k(answer: int) -> bool:
 
 def check_deltanet_layer_params(answer: int) -> bool:
     """Parameters of one full-size decoder layer of the DeltaNet kind (mixer + MoE + two norms)."""
-    from ..model import DecoderLayer
+    from ..decoder_layer import DecoderLayer
 
     with torch.device("meta"):
         layer = DecoderLayer(Qwen3NextConfig.full(), 0)
