@@ -3,9 +3,10 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_moe.py [--dtype bfloat16|float32] [--tokens 1,16,256]
 
 512 experts of width 512, hidden 2048, top 10, one shared expert: 1.61B parameters, 3.2 GB in
-bfloat16 (the released dtype, the default here) or 6.4 GB in float32. The reference block is built on
-the meta device, its fused expert tensors are allocated once and filled, and our per-expert weights are
-views into them (``qwen3next.reference.tie_moe_weights``), so both sides read the very same memory.
+bfloat16 (the released dtype, the default here) or 6.4 GB in float32. The pair comes from
+``qwen3next.reference.real_width_moe_pair(own_memory=True)``: the reference block's fused expert tensors
+are allocated once and filled, and our per-expert weights are views into them, so both sides read the
+very same memory.
 
 Timed with ``benchmarks/timing.py`` (threads from ``OMP_NUM_THREADS``), inference mode, median of
 interleaved repetitions of CPU time. Contention for memory bandwidth on a shared machine still shows
@@ -25,35 +26,9 @@ import time
 
 import torch
 from timing import race, ratio, setup
-from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextSparseMoeBlock
 
 from qwen3next.config import Qwen3NextConfig
-from qwen3next.moe import SparseMoeBlock
-from qwen3next.reference import reference_config, tie_moe_weights
-
-
-def build(cfg: Qwen3NextConfig, dtype: torch.dtype, seed: int = 0):
-    """Reference block with random weights and our block sharing them (one copy in memory)."""
-    rc = reference_config(cfg)
-    rc._experts_implementation = "eager"
-    with torch.device("meta"):
-        ref = Qwen3NextSparseMoeBlock(rc).to(dtype)
-        ours = SparseMoeBlock(cfg).to(dtype)
-    ref.to_empty(device="cpu")
-    g = torch.Generator().manual_seed(seed)
-    # Drawing 1.6B normal numbers takes ~15 s; copying windows of a 16M-number random pool at random
-    # offsets is ten times faster and still gives every expert its own weights in its own memory.
-    pool = (torch.randn(1 << 24, generator=g) * 0.02).to(dtype)
-    chunk = 1 << 22
-    with torch.no_grad():
-        for p in ref.parameters():
-            flat = p.view(-1)
-            for start in range(0, flat.numel(), chunk):
-                n = min(chunk, flat.numel() - start)
-                offset = int(torch.randint(0, pool.numel() - n, (1,), generator=g))
-                flat[start:start + n].copy_(pool[offset:offset + n])
-    tie_moe_weights(ours, ref, source="reference")
-    return rc, ours, ref
+from qwen3next.reference import real_width_moe_pair
 
 
 def main() -> None:
@@ -67,14 +42,14 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     cfg = Qwen3NextConfig.full().replace(num_experts=args.experts)
     t0 = time.perf_counter()
-    rc, ours, ref = build(cfg, dtype)
+    cfg, ours, ref = real_width_moe_pair(dtype, cfg=cfg, own_memory=True)
     n_params = sum(p.numel() for p in ref.parameters())
     print(f"MoE block: {cfg.num_experts} experts x {cfg.moe_intermediate_size}, hidden {cfg.hidden_size}, "
           f"top {cfg.num_experts_per_tok}, {n_params / 1e9:.2f}B params in {args.dtype}; "
           f"built in {time.perf_counter() - t0:.1f} s")
 
     def reference(x, impl):
-        rc._experts_implementation = impl
+        ref.experts.config._experts_implementation = impl
         return ref(x)
 
     gen = torch.Generator().manual_seed(1)
