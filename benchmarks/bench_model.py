@@ -5,7 +5,9 @@ plus the shared expert; heads and widths scaled from the release by about 1/8):
 
 1. prefill: one forward pass over 512 tokens;
 2. decode: prefill 256 tokens, then 64 one-token steps on the cache (ours: ``HybridCache``; the
-   reference: its own ``DynamicCache`` through ``model(..., cache=..., use_cache=True)``).
+   reference: its own ``DynamicCache`` through ``model(..., cache=..., use_cache=True)``);
+3. a training step: forward and backward of the loss (cross-entropy plus the load-balancing loss) on a
+   batch of 8 sequences of 256 tokens, both models in train mode; the gradients are compared.
 
 Both models see the same token ids; logits are compared before timing. Prints the times (median
 [range] of alternating runs, ``benchmarks/timing.py``) and the ratio ours / reference (below 1 means
@@ -41,6 +43,8 @@ def main():
     parser.add_argument("--prefill", type=int, default=512)
     parser.add_argument("--decode-prompt", type=int, default=256)
     parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--train-len", type=int, default=256)
     args = parser.parse_args()
     setup()
     import transformers
@@ -94,6 +98,31 @@ def main():
         stack = (t["ours"].median() - head) / (t["ref"].median() - head)
         print(f"    of which the shared lm_head matmul: {head / s * 1e3:.2f} ms per token; the layer stack alone: "
               f"ratio of medians {stack:.2f}x")
+
+    train_step(ours, ref, cfg, args.train_batch, args.train_len, args.repeats)
+
+
+def train_step(ours, ref, cfg, batch: int, length: int, repeats: int) -> None:
+    """Forward + backward of the training loss (with the load-balancing term), both in train mode."""
+    ids = torch.randint(0, cfg.vocab_size, (batch, length), generator=torch.Generator().manual_seed(2))
+    ours.train()
+    ref.train()
+
+    def step(model, kwargs):
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=ids, output_router_logits=True, **kwargs).loss.backward()
+
+    sides = {"ours": lambda: step(ours, {}), "ref": lambda: step(ref, {"use_cache": False})}
+    sides["ours"]()
+    sides["ref"]()
+    grads = dict(ref.named_parameters())
+    worst = max(max_abs_diff(p.grad, grads[n].grad) for n, p in ours.named_parameters()
+                if n in grads and grads[n].grad is not None)
+    t = race(sides, repeats)
+    report(f"training step, batch {batch} x {length} tokens (gradients max |diff| {worst:.1e} on the parameters "
+           f"both name alike)", t["ours"], t["ref"])
+    ours.eval()
+    ref.eval()
 
 
 if __name__ == "__main__":
