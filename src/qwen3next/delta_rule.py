@@ -141,22 +141,20 @@ def recurrent_gated_delta_step(
     """One token of :func:`recurrent_gated_delta_rule` (L2-normalised q and k), updating ``h`` in place.
 
     q, k: (B, Hk, Dk); v: (B, Hv, Dv); g, beta: (B, Hv); h: (B, Hv, Dk, Dv) float32, contiguous.
-    Returns o (B, Hv, Dv) in v's dtype. The decoding path: no time axis, no copy of the state, and the
-    r = Hv / Hk value heads of a key head read its q and k by broadcasting instead of repeating them.
+    Returns o (B, Hv, Dv) in v's dtype. The decoding path: no time axis, no copy of the state, q and k
+    normalised together, and every product one batched matrix product over the B * Hv heads.
     """
     B, Hk, Dk = q.shape
     Hv, Dv = v.shape[1], v.shape[2]
-    r = Hv // Hk
-    q = l2_normalize(q.float()) * Dk**-0.5  # (B, Hk, Dk)
-    k = l2_normalize(k.float())
-    h_grouped = h.view(B, Hk, r, Dk, Dv)  # value head j of key head i is row i * r + j
-    h_grouped.mul_(g.float().exp().view(B, Hk, r, 1, 1))  # forget
-    k_row = k.view(B, Hk, 1, 1, Dk)
-    prediction = k_row @ h_grouped  # (B, Hk, r, 1, Dv): what h recalls for k
-    delta = beta.float().view(B, Hk, r, 1, 1) * (v.float().view(B, Hk, r, 1, Dv) - prediction)  # (B, Hk, r, 1, Dv)
-    h_grouped.add_(k.view(B, Hk, 1, Dk, 1) * delta)  # rank-1 update k delta^T
-    o = q.view(B, Hk, 1, 1, Dk) @ h_grouped  # (B, Hk, r, 1, Dv): read with q
-    return o.view(B, Hv, Dv).to(v.dtype)
+    qk = l2_normalize(torch.stack([q, k]).float())  # (2, B, Hk, Dk)
+    qk[0] *= Dk**-0.5
+    qk = qk.repeat_interleave(Hv // Hk, dim=2).view(2, B * Hv, 1, Dk)  # value head i * r + j reads key head i
+    q, k = qk[0], qk[1]  # (B Hv, 1, Dk)
+    S = h.view(B * Hv, Dk, Dv)
+    S.mul_(g.float().exp().view(B * Hv, 1, 1))  # forget
+    delta = (v.float().reshape(B * Hv, 1, Dv) - torch.bmm(k, S)).mul_(beta.float().view(B * Hv, 1, 1))  # correction
+    S.baddbmm_(k.transpose(1, 2), delta)  # rank-1 update k delta^T
+    return torch.bmm(q, S).view(B, Hv, Dv).to(v.dtype)  # read with q
 
 
 # --------------------------------------------------------------------------------- chunked form
