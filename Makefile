@@ -27,14 +27,14 @@ book: venv
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
-# Debian's Chromium for the browser checks of the book (tests/test_site.py); skipped when present.
+# Debian's Chromium for the browser checks of the book (tests/book/test_site.py); skipped when present.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium (apt-get)"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 	@command -v chromium >/dev/null 2>&1 || { echo "chromium is not installed: the book's browser checks need it"; exit 1; }
 
-# tests/ includes the book checks: build with warnings as errors, every page in Chromium, a chapter
-# in a simulated Colab, the student notebooks (check-book runs only those).
+# tests/ includes the book checks (tests/book/): build with warnings as errors, every page in Chromium,
+# a chapter in a simulated Colab, the student notebooks (check-book runs only those).
 test: venv chromium
 	$(VENV)/bin/pytest tests chapters --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		--nbval-cell-timeout=300 -p no:cacheprovider
@@ -45,7 +45,7 @@ check-book: venv chromium
 
 # Student notebooks (solutions taken out) in student/
 student: venv
-	$(PY) tools/make_student.py -o student
+	$(PY) -m tools.make_student -o student
 
 test-unit: venv chromium
 	$(VENV)/bin/pytest tests -p no:cacheprovider

@@ -473,44 +473,6 @@ def test_experts_functions_direct_call():
         assert torch.allclose(fn(x, experts, top_i, top_w), expected, atol=1e-6), fn.__name__
 
 
-# ------------------------------------------------------------------------------- exercise checks
-def test_exercise_checks(capsys):
-    from qwen3next.accounting import moe_params
-    from qwen3next.exercises.ch07_moe import (
-        check_active_moe_params,
-        check_dense_moe,
-        check_topk_weights,
-        check_uniform_balance_loss,
-        exercise_block,
-        exercise_router_logits,
-    )
-
-    active = moe_params(Qwen3NextConfig.full())
-    right = active.router + active.active_routed + active.shared + active.shared_gate  # from the accounting module
-    assert check_active_moe_params(right) and not check_active_moe_params(right - 1_048_576)
-
-    logits = exercise_router_logits()
-    p = logits.softmax(-1).topk(4).values
-    assert check_topk_weights(p / p.sum(-1, keepdim=True))
-    assert not check_topk_weights(p)  # forgot to renormalise
-    assert not check_topk_weights(logits.softmax(-1))  # wrong shape
-
-    assert check_uniform_balance_loss(10.0) and not check_uniform_balance_loss(1.0)
-
-    block, x = exercise_block()
-    with torch.no_grad():
-        xf = x.reshape(-1, x.shape[-1])
-        w, i, _ = route(block.gate(xf), block.top_k)
-        dense_w = torch.zeros(xf.shape[0], block.num_experts).scatter(1, i, w)  # (N, E)
-        every = torch.stack([expert(xf) for expert in block.experts], 1)  # (N, E, H)
-        routed = (dense_w[..., None] * every).sum(1)
-        shared = torch.sigmoid(block.shared_expert_gate(xf)) * block.shared_expert(xf)
-        assert check_dense_moe((routed + shared).view_as(x))
-        assert not check_dense_moe(routed.view_as(x))  # forgot the shared expert
-        assert not check_dense_moe(routed)  # wrong shape
-    assert "Not yet" in capsys.readouterr().out
-
-
 # ------------------------------------------------------------------------ no process-wide settings
 class SettingsProbe(RecordingExperts):
     """Records, each time an expert is fetched to run, whether oneDNN is enabled for the process."""
