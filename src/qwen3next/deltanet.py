@@ -263,7 +263,8 @@ class GatedDeltaNet(nn.Module):
                 and (attention_mask is None or bool(attention_mask.all())))
 
     def decode_step(self, x: torch.Tensor, cache: DeltaNetState) -> torch.Tensor:
-        """:meth:`forward` for one token on a filled cache, in fewer and larger operations (same result).
+        """:meth:`forward` for one token on a filled cache, in fewer and larger operations (the same numbers
+        to float32 rounding; ``tests/test_fast_paths.py``).
 
         The conv's channels ``[q | k | v]`` and the gate ``z`` are gathered from the interleaved ``qkvz``
         projection by one index each instead of splitting, reshaping and concatenating per head.
