@@ -72,7 +72,7 @@ def test_causal_conv_equals_a_depthwise_conv1d_with_its_gradients(dtype, tol):
 
 
 def test_chunk_size_follows_the_head_width_and_does_not_change_the_output():
-    assert GatedDeltaNet(Qwen3NextConfig.full(), 0).chunk_size == 64  # the release's 128-wide heads
+    assert GatedDeltaNet(Qwen3NextConfig.full(), 0).chunk_size == 32  # the release's 128-wide heads
     cfg = Qwen3NextConfig.tiny(linear_key_head_dim=32, linear_value_head_dim=32)
     layer = deltanet(cfg)
     assert layer.chunk_size == 16

@@ -154,8 +154,8 @@ class GatedDeltaNet(nn.Module):
         self.conv_kernel_size = config.linear_conv_kernel_dim
         # chunk length of the chunked delta rule (prefill, training): the work inside a chunk grows with
         # C * (Dk + Dv + C) per token, the sequential hand-over with Dk * Dv / C; measured fastest on a CPU
-        # (benchmarks/bench_delta_rule.py): 64 for the release's 128-wide heads, 16 for 32-wide ones
-        self.chunk_size = max(16, min(64, self.head_k_dim // 2))
+        # (benchmarks/bench_delta_rule.py): 32 for the release's 128-wide heads, 16 for 32-wide ones
+        self.chunk_size = max(16, min(64, self.head_k_dim // 4))
 
         self.in_proj_qkvz = Linear(self.hidden_size, 2 * self.key_dim + 2 * self.value_dim, bias=False)
         self.in_proj_ba = Linear(self.hidden_size, 2 * self.num_v_heads, bias=False)
