@@ -253,9 +253,10 @@ class Qwen3NextForCausalLM(nn.Module):
     def _loss(self, logits, labels, aux_loss) -> torch.Tensor:
         """Next-token cross-entropy (position t predicts token t + 1; -100 marks positions that do not
         count), plus ``router_aux_loss_coef`` times the load-balancing loss when it was computed."""
-        loss = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
-        )
+        # the targets shifted left (the last position predicts nothing) rather than the logits cut:
+        # slicing (B, T, V) logits would copy them, and zero-fill a copy again in the backward pass
+        targets = F.pad(labels[:, 1:].to(logits.device), (0, 1), value=-100)  # (B, T)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return loss if aux_loss is None else loss + self.config.router_aux_loss_coef * aux_loss
 
     def _check_forward_inputs(self, input_ids, inputs_embeds, position_ids, labels, logits_to_keep,
