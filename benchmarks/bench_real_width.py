@@ -40,7 +40,7 @@ import time
 import torch
 from timing import Split, Timing, measure, ratio, setup, timed
 
-from qwen3next.checkpoint import hub_layout
+from qwen3next.hub_layout import hub_layout
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.fp8 import fp8_candidate
 
