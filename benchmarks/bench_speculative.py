@@ -19,7 +19,8 @@ runs taking turns with plain ``generate`` on the same prompts:
 5. controls that must collapse acceptance: the head fed the pre-norm hidden state, its two inputs
    swapped, its token not shifted (k = 2, replay).
 
-The clock is CPU time (``time.process_time``): on a shared machine it leaves out the waits for a core.
+Times come from ``benchmarks/timing.py`` (CPU time, sides taking turns, median [min-max] of the rounds;
+speed-ups are the round-by-round ratios plain / speculative).
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_speculative.py [--repeats 5] [--new 64]``.
 """
 
@@ -27,12 +28,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+from timing import race, ratio, setup  # noqa: E402
 
 import qwen3next  # noqa: E402
 from qwen3next import Qwen3NextForCausalLM, generate  # noqa: E402
@@ -110,43 +111,38 @@ def cpu_time(fn):
     return time.process_time() - t0, result
 
 
-def spread(values):
-    return f"{statistics.median(values):5.2f} ({min(values):.2f}..{max(values):.2f})"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--prompt-len", type=int, default=24)
     parser.add_argument("--new", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    setup()
     model, tokenizer, label = load_model()
     batch = prompts(tokenizer, model.config.vocab_size, args.prompts, args.prompt_len)
     n_tokens = args.prompts * args.new
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; {label}; "
-          f"{model.num_parameters() / 1e6:.2f}M parameters with the head")
+    print(f"{label}; {model.num_parameters() / 1e6:.2f}M parameters with the head")
     print(f"{args.prompts} prompts of {args.prompt_len} tokens, {args.new} new tokens each, "
-          f"{args.repeats} repeats, runs alternating")
+          f"{args.repeats} rounds, sides taking turns")
 
     configs = [(k, r) for k in (1, 2, 3, 4) for r in ("replay", "checkpoints")]
+    stats = {c: [] for c in configs}
+
+    def spec_side(c):
+        def run():
+            stats[c].extend(run_spec(model, batch, args.new, *c)[1])
+        return run
+
     with torch.no_grad():
-        plain_out = run_plain(model, batch, args.new)  # warm-up, and the tokens to compare with
-        for k, r in configs:
-            outs, _ = run_spec(model, batch, args.new, k, r)
-            assert all(torch.equal(a, b) for a, b in zip(outs, plain_out, strict=True)), (k, r)
-        ratios = {c: [] for c in configs}
-        plain_times, stats = [], {c: [] for c in configs}
-        for _ in range(args.repeats):
-            for c in configs:
-                t_plain, _ = cpu_time(lambda: run_plain(model, batch, args.new))
-                t_spec, (_, s) = cpu_time(lambda c=c: run_spec(model, batch, args.new, *c))
-                plain_times.append(t_plain)
-                ratios[c].append(t_plain / t_spec)
-                stats[c].extend(s)
-        t_token = statistics.median(plain_times) / n_tokens
+        plain_out = run_plain(model, batch, args.new)  # the tokens to compare with
+        for c in configs:
+            outs, _ = run_spec(model, batch, args.new, *c)
+            assert all(torch.equal(a, b) for a, b in zip(outs, plain_out, strict=True)), c
+        sides = {"plain": lambda: run_plain(model, batch, args.new)}
+        sides.update({c: spec_side(c) for c in configs})
+        times = race(sides, repeats=args.repeats)
+        t_token = times["plain"].median() / n_tokens
 
         # one draft step of the head against one plain decoding step of the trunk
         cache, head_cache = model.new_cache(1), new_mtp_cache()
@@ -159,11 +155,12 @@ def main():
 
     print(f"\nplain greedy: {1e3 * t_token:.2f} ms per token (median); one head step / one trunk step "
           f"c = {c_ratio:.2f}")
-    print("\n k  rollback     speed-up: median (min..max)  tokens/round  accepted by position")
+    print(f"plain greedy: {times['plain']} per run")
+    print("\n k  rollback     speed-up: median [min-max]  tokens/round  accepted by position")
     for k, r in configs:
         p = pooled(stats[(k, r)])
         per = " ".join(f"{a:.2f}" for a in p["per_position"])
-        print(f" {k}  {r:<11}  {spread(ratios[(k, r)])}             {p['tau']:5.2f}      {per}")
+        print(f" {k}  {r:<11}  {str(ratio(times['plain'], times[(k, r)])):<26}  {p['tau']:5.2f}      {per}")
     print("\n k  rollback     ms per round: draft  verify  rollback   expected speed-up: from the")
     print("                                                          measured round   ideal formula")
     for k, r in configs:

@@ -237,7 +237,7 @@ def test_bad_arguments_are_named(spec_model):
 
 def test_weight_bytes_of_the_release():
     from qwen3next.accounting import moe_params, parameter_counts
-    from qwen3next.checkpoint import mtp_layout
+    from qwen3next.hub_layout import mtp_layout
     from qwen3next.speculative import head_bytes_read, weight_bytes_read
 
     cfg = Qwen3NextConfig.full()

@@ -289,8 +289,9 @@ class GatedDeltaNet(nn.Module):
         h = cache.recurrent_state
         h = q.new_zeros(B, Hv, q.shape[-1], Dv, dtype=torch.float32) if h is None else h.float().clone()
         outputs, steps = [], []
-        for t in range(T):
-            outputs.append(recurrent_gated_delta_step(q[:, t], k[:, t], v[:, t], g[:, t], beta[:, t], h))
+        for t in range(T):  # the step kernel views its inputs flat: one token's slices, contiguous
+            x_t = (x[:, t].contiguous() for x in (q, k, v, g, beta))
+            outputs.append(recurrent_gated_delta_step(*x_t, h))
             steps.append(h.clone())
         cache.recurrent_state, cache.recurrent_steps = h, torch.stack(steps, dim=1)  # (B, T, Hv, Dk, Dv)
         return torch.stack(outputs, dim=1)  # (B, T, Hv, Dv)

@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 from .attention import KVCache
-from .checkpoint import CheckpointError, mtp_layout
+from .checkpoint import CheckpointError
 from .config import Qwen3NextConfig
 from .decoder_layer import DecoderLayer
+from .hub_layout import mtp_layout
 from .norms import RMSNorm
 
 PREFIX = "mtp."

@@ -36,7 +36,7 @@ from types import SimpleNamespace
 
 import torch
 
-from .generate import _check_inputs, _eos_ids, filter_logits
+from .generate import _check_inputs, _check_integer, _eos_ids, filter_logits
 from .mtp import MTPOutput, mtp_forward, new_mtp_cache
 from .rollback import Rollback, make_rollback, truncate_attention
 
@@ -184,9 +184,9 @@ class SpeculativeDecoder:
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                  eos_token_id: int | Sequence[int] | None = None, rollback: str | Rollback = "replay",
                  attention_mask: torch.Tensor | None = None):
-        _check_inputs(input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, 0.0)
-        if not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
-            raise ValueError(f"num_draft_tokens: expected a positive integer, found {num_draft_tokens!r}")
+        _check_inputs(input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, 0.0, seed,
+                      eos_token_id, None)
+        _check_integer("num_draft_tokens", num_draft_tokens, 1, "a number of draft tokens >= 1")
         if getattr(model, "mtp", None) is None:
             raise ValueError("model: has no MTP head to draft with; build it with Qwen3NextForCausalLM(config, "
                              "mtp=True) or load it with from_pretrained(path, mtp=True)")
@@ -351,7 +351,7 @@ def speculative_generate(model, input_ids: torch.Tensor, max_new_tokens: int, nu
     ``"checkpoints"`` (:mod:`qwen3next.rollback`). Left-padded batches pass ``attention_mask``.
     """
     if max_new_tokens == 0:
-        _check_inputs(input_ids, attention_mask, 0, temperature, top_k, top_p, 0.0)
+        _check_inputs(input_ids, attention_mask, 0, temperature, top_k, top_p, 0.0, seed, eos_token_id, None)
         return input_ids.clone(), SpeculativeStats(num_draft_tokens)
     decoder = SpeculativeDecoder(model, input_ids, max_new_tokens, num_draft_tokens, temperature, top_k, top_p,
                                  seed, eos_token_id, rollback, attention_mask)
@@ -398,9 +398,13 @@ class PreNormHidden(SpeculativeDecoder):
     """Control: the head reads the trunk's last hidden state *before* the final norm."""
 
     def _trunk(self, tokens, attention_mask=None):
-        hidden, states, _ = self.model.model(tokens, attention_mask=attention_mask, cache=self.cache,
-                                             output_hidden_states=True)
-        return hidden, states[-1]
+        seen = {}  # the final norm's input, caught on its way in
+        hook = self.model.model.norm.register_forward_pre_hook(lambda module, args: seen.update(x=args[0]))
+        try:
+            hidden = self.model.model(tokens, attention_mask=attention_mask, cache=self.cache)[0]
+        finally:
+            hook.remove()
+        return hidden, seen["x"]
 
 
 class SwappedConcat(SpeculativeDecoder):
