@@ -30,7 +30,6 @@ from .norms import RMSNormGated
 __all__ = [
     "causal_conv1d",
     "causal_conv1d_step",
-    "causal_conv1d_windows",
     "DeltaNetState",
     "GatedDeltaNet",
     # the kernels, from qwen3next.delta_rule (public interface)
@@ -92,15 +91,6 @@ def causal_conv1d_step(x_t: torch.Tensor, weight: torch.Tensor, state: torch.Ten
     return y.to(weight.dtype).to(x_t.dtype)
 
 
-def causal_conv1d_windows(x: torch.Tensor, state: torch.Tensor | None, kernel_size: int) -> torch.Tensor:
-    """The conv state after each input of ``x`` (B, C, T): ``(B, T, C, K)``, window ``t`` holding the last
-    K inputs up to and including ``x[..., t]`` (``state`` (B, C, K) before them, zeros when None)."""
-    B, C, T = x.shape
-    state = x.new_zeros(B, C, kernel_size) if state is None else state.to(x.dtype)
-    window = torch.cat([state, x], dim=-1)  # (B, C, K + T)
-    return window.unfold(-1, kernel_size, 1)[:, :, 1:].transpose(1, 2)  # (B, T, C, K), a view
-
-
 # ------------------------------------------------------------------------------------- the state
 class DeltaNetState:
     """One DeltaNet layer's cache: constant size whatever the sequence length.
@@ -108,9 +98,9 @@ class DeltaNetState:
     ``conv_state`` (B, conv_dim, K): the last K pre-convolution inputs (activation dtype);
     ``recurrent_state`` (B, Hv, Dk, Dv): the delta-rule memory, float32. Both None until the first call.
 
-    With ``keep_steps`` set, the next forward over T tokens also leaves the state after each of them in
-    ``conv_steps`` (B, T, conv_dim, K) and ``recurrent_steps`` (B, T, Hv, Dk, Dv) (speculative decoding's
-    checkpoints); the recurrence then runs one token at a time, as in decoding.
+    With ``keep_steps`` set, the next forward over T tokens reads them one at a time, as decoding does, and
+    leaves the state after each of them in ``conv_steps`` (B, T, conv_dim, K) and ``recurrent_steps``
+    (B, T, Hv, Dk, Dv): speculative decoding's checkpoints.
     """
 
     def __init__(self, conv_state: torch.Tensor | None = None, recurrent_state: torch.Tensor | None = None):
@@ -231,6 +221,8 @@ class GatedDeltaNet(nn.Module):
         """x (B, T, hidden) -> (B, T, hidden). ``attention_mask`` (B, T): 1 = token, 0 = padding (padded
         inputs are zeroed first, as in the reference). ``cache`` is continued from and updated in place."""
         self._check_forward_inputs(x, attention_mask, cache)
+        if cache is not None and cache.keep_steps:
+            return self._forward_keeping_steps(x, attention_mask, cache)
         if self._can_step(x, attention_mask, cache):
             return self.decode_step(x, cache)
         B, T, _ = x.shape
@@ -251,12 +243,9 @@ class GatedDeltaNet(nn.Module):
         qkv = torch.cat([q.reshape(B, T, -1), k.reshape(B, T, -1), v.reshape(B, T, -1)], dim=-1).transpose(1, 2)
         weight = self.conv1d.weight.squeeze(1)  # (conv_dim, K)
         state = None if cache is None else cache.conv_state
-        keep_steps = cache is not None and cache.keep_steps
-        if state is not None and T == 1 and not keep_steps:  # decoding: slide the conv window by one, in place
+        if state is not None and T == 1:  # decoding: slide the conv window by one, in place
             qkv = causal_conv1d_step(qkv[..., 0], weight, state).unsqueeze(-1)
         else:
-            if keep_steps:
-                cache.conv_steps = causal_conv1d_windows(qkv, state, weight.shape[-1])  # (B, T, conv_dim, K)
             qkv, state = causal_conv1d(qkv, weight, state)  # (B, conv_dim, T)
         if cache is not None:
             cache.conv_state = state
@@ -270,8 +259,6 @@ class GatedDeltaNet(nn.Module):
 
         Continues from ``cache.recurrent_state`` and stores the new state there (float32)."""
         h = None if cache is None else cache.recurrent_state
-        if cache is not None and cache.keep_steps:
-            return self._delta_rule_keeping_steps(q, k, v, g, beta, cache)
         if h is not None and q.shape[1] == 1:  # decoding: one step of the recurrence, on the cached state in place
             h = h if h.dtype == torch.float32 and h.is_contiguous() else h.float().contiguous()
             o = recurrent_gated_delta_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], h).unsqueeze(1)
@@ -282,27 +269,26 @@ class GatedDeltaNet(nn.Module):
             cache.recurrent_state = h
         return o
 
-    @staticmethod
-    def _delta_rule_keeping_steps(q, k, v, g, beta, cache: DeltaNetState) -> torch.Tensor:
-        """The decoding step once per token, keeping a copy of the state after each in ``cache.recurrent_steps``."""
-        B, T, Hv, Dv = v.shape
-        h = cache.recurrent_state
-        h = q.new_zeros(B, Hv, q.shape[-1], Dv, dtype=torch.float32) if h is None else h.float().clone()
-        outputs, steps = [], []
-        for t in range(T):  # the step kernel views its inputs flat: one token's slices, contiguous
-            x_t = (x[:, t].contiguous() for x in (q, k, v, g, beta))
-            outputs.append(recurrent_gated_delta_step(*x_t, h))
-            steps.append(h.clone())
-        cache.recurrent_state, cache.recurrent_steps = h, torch.stack(steps, dim=1)  # (B, T, Hv, Dk, Dv)
-        return torch.stack(outputs, dim=1)  # (B, T, Hv, Dv)
-
     # ------------------------------------------------------------------------------ decoding
+    def _forward_keeping_steps(self, x, attention_mask, cache: DeltaNetState) -> torch.Tensor:
+        """:meth:`forward` one token at a time, keeping a copy of both states after each token."""
+        outputs, conv, recurrent = [], [], []
+        cache.keep_steps = False  # each token takes the ordinary path
+        try:
+            for t in range(x.shape[1]):
+                mask_t = None if attention_mask is None else attention_mask[:, t : t + 1]
+                outputs.append(self.forward(x[:, t : t + 1], mask_t, cache))
+                conv.append(cache.conv_state.clone())
+                recurrent.append(cache.recurrent_state.clone())
+        finally:
+            cache.keep_steps = True
+        cache.conv_steps, cache.recurrent_steps = torch.stack(conv, 1), torch.stack(recurrent, 1)
+        return torch.cat(outputs, dim=1)  # (B, T, hidden)
+
     @staticmethod
     def _can_step(x, attention_mask, cache) -> bool:
-        """One new token, no padding, a cache with both states (float32 and contiguous), no steps to keep."""
+        """One new token, no padding, a cache with both states (float32 and contiguous)."""
         if x.shape[1] != 1 or cache is None or cache.conv_state is None or cache.recurrent_state is None:
-            return False
-        if cache.keep_steps:
             return False
         h = cache.recurrent_state
         return (h.dtype == torch.float32 and h.is_contiguous()
