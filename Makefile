@@ -8,7 +8,11 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: venv book test test-unit test-chapters lint bench clean chromium check-book student train
+.PHONY: venv book test test-fast test-unit test-chapters lint bench clean chromium check-book student train
+
+# The book checks (site in Chromium, a simulated Colab, the student notebooks): tests/book/, or the
+# three files they were in before that folder existed.
+BOOK_CHECKS := $(or $(wildcard tests/book),$(wildcard tests/test_site.py tests/test_colab_sim.py tests/test_student.py))
 
 venv: $(STAMP)
 
@@ -23,28 +27,33 @@ book: venv
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
-# Debian's Chromium for the browser checks of the book (tests/test_site.py); skipped when present.
+# Debian's Chromium for the browser checks of the book (tests/book/test_site.py); skipped when present.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium (apt-get)"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 	@command -v chromium >/dev/null 2>&1 || { echo "chromium is not installed: the book's browser checks need it"; exit 1; }
 
-# tests/ includes the book checks: build with warnings as errors, every page in Chromium, a chapter
-# in a simulated Colab, the student notebooks (check-book runs only those).
+# tests/ includes the book checks (tests/book/): build with warnings as errors, every page in Chromium,
+# a chapter in a simulated Colab, the student notebooks (check-book runs only those).
 test: venv chromium
 	$(VENV)/bin/pytest tests chapters --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		--nbval-cell-timeout=300 -p no:cacheprovider
 
 check-book: venv chromium
-	$(VENV)/bin/pytest tests/test_site.py tests/test_colab_sim.py tests/test_student.py -p no:cacheprovider
+	$(VENV)/bin/pytest $(BOOK_CHECKS) -p no:cacheprovider
 	@echo "Screenshots of the site: $(CURDIR)/artifacts/screenshots"
 
 # Student notebooks (solutions taken out) in student/
 student: venv
-	$(PY) tools/make_student.py -o student
+	$(PY) -m tools.make_student -o student
 
 test-unit: venv chromium
-	$(VENV)/bin/pytest tests
+	$(VENV)/bin/pytest tests -p no:cacheprovider
+
+# The developer loop: unit and reference tests, without the slow ones and without the book checks.
+test-fast: venv
+	$(VENV)/bin/pytest tests --ignore=tests/book $(addprefix --ignore=,$(filter %.py,$(BOOK_CHECKS))) \
+		-m "not slow" -q -p no:cacheprovider
 
 test-chapters: venv
 	$(VENV)/bin/pytest chapters --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=300

@@ -1,4 +1,4 @@
-"""Shared test set-up: offline, deterministic, and paths to the project's fact files."""
+"""Shared test set-up: offline, deterministic, the released config file, a tiny model."""
 
 import os
 from pathlib import Path
@@ -14,9 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def released_config_path() -> Path:
-    """The released config.json: the shared fact file when it is beside the checkout, else the package copy."""
-    shared = ROOT.parent / "shared" / "data" / "qwen3-next-80b-a3b-instruct.config.json"
-    return shared if shared.is_file() else ROOT / "src" / "qwen3next" / "data" / shared.name
+    """The released config.json, as the package ships it."""
+    return ROOT / "src" / "qwen3next" / "data" / "qwen3-next-80b-a3b-instruct.config.json"
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextAttentio
 from qwen3next.attention import (
     GatedAttention,
     KVCache,
-    attention_mask_bool,
+    allowed_positions,
     attention_weights,
     eager_attention,
     sdpa_attention,
 )
 from qwen3next.config import Qwen3NextConfig
-from qwen3next.reference import max_abs_diff, reference_config
+from qwen3next.reference import max_abs_diff, reference_config, reference_twin
 from qwen3next.rope import RotaryEmbedding
 
 REAL = Qwen3NextConfig.full()  # hidden 2048, 16 / 2 heads of 256
@@ -27,12 +27,6 @@ def _attention(cfg, seed=0, implementation="sdpa"):
         attn.q_norm.weight.normal_(0, 0.2)
         attn.k_norm.weight.normal_(0, 0.2)
     return attn
-
-
-def _reference(cfg, ours):
-    ref = Qwen3NextAttention(reference_config(cfg), layer_idx=3)
-    ref.load_state_dict(ours.state_dict())
-    return ref
 
 
 def _inputs(cfg, B=2, T=9, pad=3, seed=1):
@@ -65,15 +59,23 @@ def test_state_dict_is_the_checkpoint_layout():
         "q_proj.weight": (8192, 2048), "k_proj.weight": (512, 2048), "v_proj.weight": (512, 2048),
         "o_proj.weight": (2048, 4096), "q_norm.weight": (256,), "k_norm.weight": (256,),
     }
-    assert sum(p.numel() for p in attn.parameters()) == 27_263_488  # SPEC section 5
+    assert sum(p.numel() for p in attn.parameters()) == 27_263_488  # the book's reference page, parameter counts
     assert all(m.bias is None for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
+
+
+def test_built_alone_is_initialised_like_the_reference_built_alone():
+    torch.manual_seed(4)
+    ours = GatedAttention(TINY, 3)
+    torch.manual_seed(4)
+    ref = Qwen3NextAttention(reference_config(TINY), layer_idx=3)
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), ref.state_dict().values(), strict=True))
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("cfg", [TINY, pytest.param(REAL, marks=pytest.mark.slow)], ids=["tiny", "real"])
 def test_matches_reference_fp32(cfg, implementation):
     ours = _attention(cfg, implementation=implementation)
-    ref = _reference(cfg, ours)
+    ref = reference_twin(ours, cfg)
     x, cos, sin, mask = _inputs(cfg)
     with torch.no_grad():
         y = ours(x, cos, sin, attention_mask=mask)
@@ -89,7 +91,7 @@ def test_matches_reference_fp32(cfg, implementation):
 @pytest.mark.parametrize("cfg", [TINY, pytest.param(REAL, marks=pytest.mark.slow)], ids=["tiny", "real"])
 def test_matches_reference_bf16(cfg, implementation, tol):
     ours = _attention(cfg, implementation=implementation)
-    ref = _reference(cfg, ours)
+    ref = reference_twin(ours, cfg)
     ours, ref = ours.to(torch.bfloat16), ref.to(torch.bfloat16)
     x, cos, sin, mask = _inputs(cfg)
     x = x.to(torch.bfloat16)
@@ -200,20 +202,20 @@ def test_causality():
 
 
 def test_mask_builder():
-    allowed = attention_mask_bool(None, 1, past=2, new=3, device=torch.device("cpu"))
+    allowed = allowed_positions(None, 1, past=2, new=3, device=torch.device("cpu"))
     assert allowed.shape == (1, 1, 3, 5)
     assert allowed[0, 0].int().tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
     pad = torch.tensor([[0, 0, 0, 1, 1]])
-    allowed = attention_mask_bool(pad, 1, past=2, new=3, device=torch.device("cpu"))
+    allowed = allowed_positions(pad, 1, past=2, new=3, device=torch.device("cpu"))
     assert allowed[0, 0].int().tolist() == [[1, 1, 1, 1, 1], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
     with pytest.raises(ValueError, match=r"attention_mask: expected .* \(1, 5\)"):
-        attention_mask_bool(torch.ones(1, 3), 1, past=2, new=3, device=torch.device("cpu"))
+        allowed_positions(torch.ones(1, 3), 1, past=2, new=3, device=torch.device("cpu"))
 
 
 def test_kernels_agree_on_random_gqa():
     torch.manual_seed(3)
     q, k, v = torch.randn(2, 8, 5, 16), torch.randn(2, 2, 7, 16), torch.randn(2, 2, 7, 16)
-    allowed = attention_mask_bool(torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1]]), 2, 2, 5, torch.device("cpu"))
+    allowed = allowed_positions(torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1]]), 2, 2, 5, torch.device("cpu"))
     o = eager_attention(q, k, v, allowed)
     assert max_abs_diff(o, sdpa_attention(q, k, v, allowed)) <= 1e-5
     # GQA: query head 5 reads kv head 5 // 4 = 1
@@ -231,7 +233,7 @@ def test_kv_cache_bookkeeping():
     k_all, v_all = cache.update(k2, v2)
     assert k_all.shape == (3, 2, 5, 8) and torch.equal(k_all[:, :, 4:], k2) and torch.equal(v_all[:, :, :4], v)
     assert cache.nbytes() == 2 * 3 * 2 * 5 * 8 * 4
-    cache.select(torch.tensor([2, 0]))
+    cache.reorder(torch.tensor([2, 0]))
     assert cache.key.shape[0] == 2 and torch.equal(cache.value[0, :, :4], v[2])
     assert torch.equal(cache.key[1, :, 4:], k2[0])
     cache.crop(3)
@@ -247,7 +249,7 @@ def test_kv_cache_bookkeeping():
 
 
 def test_real_width_kv_cache_bytes_per_token():
-    """SPEC section 3: 12 attention layers x (K + V) x 2 heads x 256 x bf16 = 24 KiB per token."""
+    """The hybrid cache: 12 attention layers x (K + V) x 2 heads x 256 x bf16 = 24 KiB per token."""
     cache = KVCache()
     kv = torch.zeros(1, 2, 1, 256, dtype=torch.bfloat16)
     cache.update(kv, kv)
@@ -264,11 +266,11 @@ def test_bad_input_errors():
 
 def test_attention_weights_match_reference():
     ours = _attention(TINY)
-    ref = _reference(TINY, ours)
+    ref = reference_twin(ours, TINY)
     x, cos, sin, mask = _inputs(TINY)
     with torch.no_grad():
         q, k, _, _ = ours.project(x, cos, sin)
-        weights = attention_weights(q, k, attention_mask_bool(mask, 2, 0, x.shape[1], x.device))
+        weights = attention_weights(q, k, allowed_positions(mask, 2, 0, x.shape[1], x.device))
         _, ref_weights = ref(x, (cos, sin), _reference_mask(mask, torch.float32))
     assert weights.shape == (2, TINY.num_attention_heads, 9, 9)
     assert torch.allclose(weights.sum(-1), torch.ones(2, TINY.num_attention_heads, 9))
@@ -276,15 +278,6 @@ def test_attention_weights_match_reference():
     assert float(weights[1, :, 3:, :3].abs().max()) == 0.0  # real tokens put no weight on padding
     real = mask.bool()
     assert max_abs_diff(weights.transpose(1, 2)[real], ref_weights.transpose(1, 2)[real]) <= 1e-6
-
-
-def test_chapter04_exercise_checks():
-    from qwen3next.exercises import ch04_gated_attention as ex
-
-    assert ex.check_kv_bytes_per_token(12 * 2 * 2 * 256 * 2) and not ex.check_kv_bytes_per_token(48 * 2048)
-    assert ex.check_gate_rows((3 * 512 + 256, 4 * 512)) and ex.check_gate_rows([1792, 2048])
-    assert not ex.check_gate_rows((3 * 512, 3 * 512 + 256)) and not ex.check_gate_rows("rows")
-    assert ex.check_attention_params(27_263_488) and not ex.check_attention_params(27_263_488 - 512)
 
 
 def test_decode_step_matches_reference_with_its_cache():
@@ -337,6 +330,6 @@ def test_sdpa_without_mask_is_causal_attention():
     k, v = torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
     for past, new in ((0, 9), (8, 1), (5, 4)):
         q = torch.randn(2, 4, new, 8)
-        allowed = attention_mask_bool(None, 2, past, new, q.device)
+        allowed = allowed_positions(None, 2, past, new, q.device)
         expected = eager_attention(q, k, v, allowed)
         assert max_abs_diff(sdpa_attention(q, k, v, None), expected) <= 1e-5

@@ -30,7 +30,7 @@ def test_one_cache_per_layer_by_type(model):
 
 @torch.no_grad()
 def test_memory_is_measured_and_matches_accounting(model):
-    """Attention memory grows with the context, DeltaNet memory does not (SPEC section 3)."""
+    """Attention memory grows with the context, DeltaNet memory does not."""
     cfg = model.config
     cache = model.new_cache(3)
     ids = torch.randint(0, cfg.vocab_size, (3, 40))
@@ -64,22 +64,22 @@ def test_bfloat16_cache_keeps_the_state_in_float32():
 
 
 @torch.no_grad()
-def test_select_and_reorder_rows(model):
-    """Keeping rows [2, 0] of a batch-3 cache continues exactly like a batch-2 run of those rows."""
+def test_keep_and_reorder_rows(model):
+    """Rows [2, 0] of a batch-3 cache continue exactly like a batch-2 run of those rows."""
     V = model.config.vocab_size
     ids = torch.randint(0, V, (3, 20))
     nxt = torch.randint(0, V, (2, 3))
     cache = model.new_cache(3)
     model(ids, cache=cache)
-    cache.select(torch.tensor([2, 0]))
+    cache.reorder(torch.tensor([2, 0]))
     assert cache.batch_size == 2 and cache.seq_len == 20
     got = model(nxt, cache=cache).logits
     fresh = model.new_cache(2)
     model(ids[[2, 0]], cache=fresh)
     want = model(nxt, cache=fresh).logits
     assert max_abs_diff(got, want) < 1e-5
-    # a boolean mask and a reorder with repeats (beam search) work the same way
-    cache.select(torch.tensor([False, True]))
+    # keeping rows by a boolean mask, then a reorder with repeats (beam search)
+    cache.keep_rows(torch.tensor([False, True]))
     assert cache.batch_size == 1
     cache.reorder(torch.tensor([0, 0]))
     assert cache.batch_size == 2
@@ -103,7 +103,7 @@ def test_padding_mask_is_kept_and_selected(model):
     model(ids[:, :1], cache=cache)  # decode: a real token in every row
     assert torch.equal(cache.attention_mask[:, -1], torch.tensor([1, 1]))
     assert cache.attention_mask.shape == (2, 7) and cache.seq_len == 7
-    cache.select([0])
+    cache.keep_rows([0])
     assert torch.equal(cache.attention_mask, torch.tensor([[0, 0, 1, 1, 1, 1, 1]]))
     # an all-ones mask never turns the mask on
     clean = model.new_cache(2)
@@ -132,6 +132,10 @@ def test_bad_arguments_raise(model):
     with pytest.raises(ValueError, match="index"):
         cache.reorder(torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="index"):
-        cache.select(torch.tensor([True, False, True]))
+        cache.keep_rows(torch.tensor([True, False, True]))
+    with pytest.raises(ValueError, match="index: expected a 1-D LongTensor"):
+        cache.reorder(torch.tensor([True, False]))  # a mask says which rows, not in which order
+    with pytest.raises(ValueError, match="rows: expected increasing row numbers"):
+        cache.keep_rows([1, 0])  # that is a reorder
     with pytest.raises(ValueError, match="layers"):
         HybridCache([KVCache()], ["full_attention", "linear_attention"], batch_size=1)

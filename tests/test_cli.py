@@ -20,9 +20,7 @@ from qwen3next.cli import main
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.inspection import describe
 from qwen3next.model import Qwen3NextForCausalLM
-from qwen3next.reference import reference_config
-
-transformers = pytest.importorskip("transformers")
+from qwen3next.reference import random_reference_model
 
 CFG = Qwen3NextConfig.tiny(num_hidden_layers=4, vocab_size=151936, hidden_size=32)
 STOP = [151643, 151645]  # <|endoftext|>, <|im_end|>
@@ -30,9 +28,8 @@ STOP = [151643, 151645]  # <|endoftext|>, <|im_end|>
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
     d = tmp_path_factory.mktemp("cli")
-    transformers.Qwen3NextForCausalLM(reference_config(CFG)).save_pretrained(d, max_shard_size="10MB")
+    random_reference_model(CFG).save_pretrained(d, max_shard_size="10MB")
     return d
 
 
@@ -117,9 +114,8 @@ def test_generate_with_offloaded_experts_prints_the_same(ckpt):
 
 
 def test_generate_refuses_a_vocabulary_mismatch(tmp_path):
-    torch.manual_seed(0)
     small = Qwen3NextConfig.tiny(num_hidden_layers=4)  # 512 ids: the Qwen3 tokenizer's ids do not fit
-    transformers.Qwen3NextForCausalLM(reference_config(small)).save_pretrained(tmp_path)
+    random_reference_model(small).save_pretrained(tmp_path)
     rc, out, err = _run("generate", "--model", tmp_path, "--prompt", "Hello world, how are you?")
     assert rc == 2 and "outside the model's vocabulary" in err and "vocab_size=512" in err
 

@@ -1,5 +1,6 @@
 """Qwen3NextConfig: the released values, derived layer types, round trips, and every validation error."""
 
+import dataclasses
 import json
 
 import pytest
@@ -133,7 +134,7 @@ def test_bad_files_name_the_file(tmp_path):
         Qwen3NextConfig.from_json(tmp_path)
     bad = tmp_path / "config.json"
     bad.write_text("{not json")
-    with pytest.raises(ConfigError, match="config.json is not valid JSON"):
+    with pytest.raises(ConfigError, match="config.json: not valid JSON"):
         Qwen3NextConfig.from_json(bad)
     bad.write_text(json.dumps({**released(), "num_experts_per_tok": 1000}))
     with pytest.raises(ConfigError, match=r"config.json: num_experts_per_tok"):
@@ -146,4 +147,67 @@ def test_bad_files_name_the_file(tmp_path):
         Qwen3NextConfig.from_json(bad)
     bad.write_text(json.dumps({**released(), "num_expert": 3}))
     with pytest.raises(ConfigError, match="num_expert"):
+        Qwen3NextConfig.from_json(bad)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("rope_scaling", "yarn"), ("rope_scaling", ["yarn"]), ("rope_theta", "1e7"), ("rope_theta", None),
+        ("rope_theta", True), ("rope_theta", float("nan")), ("rope_theta", float("inf")),
+        ("num_hidden_layers", None), ("num_hidden_layers", True), ("num_hidden_layers", 4.0),
+        ("num_hidden_layers", "4"), ("hidden_size", False), ("num_experts", None), ("num_experts", 8.5),
+        ("full_attention_interval", "4"), ("partial_rotary_factor", "0.25"), ("rms_norm_eps", [1e-6]),
+        ("norm_topk_prob", "yes"), ("norm_topk_prob", 1), ("tie_word_embeddings", None), ("use_sliding_window", 0),
+        ("hidden_act", None), ("torch_dtype", 16), ("torch_dtype", "int8"), ("mlp_only_layers", 3),
+        ("mlp_only_layers", [True]), ("layer_types", "linear_attention"), ("layer_types", [1] * 8),
+        ("eos_token_id", "2"), ("eos_token_id", [1, "2"]), ("bos_token_id", 1.0), ("architectures", "Qwen"),
+        ("max_position_embeddings", -4096), ("decoder_sparse_step", None), ("attention_dropout", "0"),
+        ("initializer_range", None), ("router_aux_loss_coef", "0.001"), ("output_router_logits", None),
+        ("transformers_version", 5), ("model_type", None), ("use_cache", "true"),
+    ],
+)
+def test_wrongly_typed_values_name_the_field(field, value, released_config_path):
+    """Every field of the file, given a value of the wrong type: a ConfigError that starts with its name
+    (from the released file, which has no layer_types, and from the transformers-5 form, which has them)."""
+    for raw in (json.loads(released_config_path.read_text()), released()):
+        with pytest.raises(ConfigError) as err:
+            Qwen3NextConfig.from_dict({**raw, field: value})
+        assert str(err.value).startswith(field), str(err.value)
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [{"rope_type": 1, "factor": 2.0}, {"rope_type": "yarn", "factor": "4"},
+     {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": "4096"},
+     {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096, "beta_fast": "32"},
+     {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096, "truncate": "no"},
+     {"rope_type": "yarn", "factor": float("inf"), "original_max_position_embeddings": 4096}],
+)
+def test_wrongly_typed_rope_scaling_entries_name_the_key(scaling):
+    with pytest.raises(ConfigError, match=r"^rope_scaling"):
+        Qwen3NextConfig.from_dict({**released(), "rope_scaling": scaling})
+
+
+def test_every_field_has_a_type_check():
+    """No field can slip through: each annotation of the dataclass is one the type check knows."""
+    from qwen3next.config import _TYPE_CHECKS
+
+    for f in dataclasses.fields(Qwen3NextConfig):
+        assert f.type in _TYPE_CHECKS, f"{f.name}: {f.type}"
+
+
+def test_wrongly_typed_json_files_name_the_file_and_the_field(tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text(json.dumps({**released(), "rope_scaling": "yarn"}))
+    with pytest.raises(ConfigError, match=r"config.json: rope_scaling: expected an object"):
+        Qwen3NextConfig.from_json(bad)
+    bad.write_text(json.dumps([1, 2]))
+    with pytest.raises(ConfigError, match=r"config.json: expected a JSON object, found list"):
+        Qwen3NextConfig.from_json(bad)
+    bad.write_bytes(b'{"hidden_size": "\xff"}')
+    with pytest.raises(ConfigError, match=r"config.json: not UTF-8"):
+        Qwen3NextConfig.from_json(bad)
+    bad.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match=r"config.json: nested too deeply"):
         Qwen3NextConfig.from_json(bad)

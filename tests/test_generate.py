@@ -6,10 +6,7 @@ import pytest
 import torch
 
 from qwen3next.generate import filter_logits, generate, next_token, stream
-from qwen3next.reference import moe_state_dict_to_reference, reference_config
-
-transformers = pytest.importorskip("transformers")
-
+from qwen3next.reference import reference_twin
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,8 +74,7 @@ def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone(model):
 def test_sampling_matches_reference_with_the_same_seed(model):
     """The reference draws from the global generator; ours from a private one seeded alike."""
     cfg = model.config
-    ref = transformers.Qwen3NextForCausalLM(reference_config(cfg)).eval()
-    ref.load_state_dict(moe_state_dict_to_reference(model.state_dict()))
+    ref = reference_twin(model, cfg)
     ids = torch.randint(0, cfg.vocab_size, (2, 7))
     settings = dict(temperature=0.7, top_k=20, top_p=0.8)
     torch.manual_seed(42)

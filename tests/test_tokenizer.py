@@ -8,8 +8,13 @@ import shutil
 import unicodedata
 from collections import Counter
 from itertools import pairwise
+from pathlib import Path
 
+import huggingface_hub.constants as hub_constants
 import pytest
+import tokenizers
+import torch
+import transformers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,8 +24,6 @@ from qwen3next.normalize import nfc
 from qwen3next.pretokenizer import QWEN_PATTERN
 from qwen3next.tokenizer import Tokenizer
 from qwen3next.tokenizer_files import qwen3_files_dir
-
-tokenizers = pytest.importorskip("tokenizers")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,6 @@ def ref():
 
 @pytest.fixture(scope="module")
 def hf():
-    transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(str(qwen3_files_dir()))
 
 
@@ -121,7 +123,7 @@ def test_corpus_equal_to_transformers(tok, hf):
 FRAGMENTS = [
     # combining marks and normalisation
     "e\u0301", "\u0301", "a\u0308\u0301", "\u1e9b\u0323", "\u212b", "\uac00\u11a8", "\u1100\u1161\u11a8", "ﬁ",
-    "\u0958", "\u2126", "\u0344",
+    "\u0958", "\u2126", "\u0344", "\u07fd", "\u1ac1", "\U00010f46", "\u0316", "\U00011930",
     # emoji, ZWJ sequences, skin tones, flags, variation selectors
     "👩‍👩‍👧", "🧑🏽‍💻", "👍🏿", "🇯🇵🇫🇷", "❤️", "\u200d", "\ufe0f", "🫠",
     # CJK and other scripts without spaces
@@ -169,7 +171,8 @@ def test_every_code_point_is_classified_like_the_reference(tok):
 
 
 def test_unicode_quirks_of_the_reference(tok, ref):
-    for text in ["\U000323b0's", "\U00011935\U00011930", "\U00011938", "a\U00011DE0b", "\u0558x"]:
+    for text in ["\U000323b0's", "\U00011935\U00011930", "\U00011938", "a\U00011DE0b", "\u0558x", "q\u0301\u07fd",
+                 "a\u07fd\u0301", "e\u1ac1\u0301"]:
         assert tok.encode(text) == ref.encode(text).ids
 
 
@@ -178,7 +181,7 @@ def test_unicode_quirks_of_the_reference(tok, ref):
 def test_hypothesis_equal_to_tokenizers_and_roundtrip(tok, ref, text):
     ids = tok.encode(text)
     assert ids == ref.encode(text).ids
-    # NFC as the reference computes it (our nfc() reproduces its one quirk, see the module)
+    # NFC as the reference computes it (its own Unicode tables, see qwen3next.normalize)
     assert tok.decode(ids) == nfc(text) == ref.normalizer.normalize_str(text)
 
 
@@ -287,8 +290,18 @@ def test_decode_rejects_unknown_ids(tok):
         tok.id_to_token(151669)
 
 
+def test_decode_refuses_bytes_and_text(tok):
+    # iterating bytes gives ints: b"hi" would decode as the tokens 104 and 105, not as "hi"
+    for bad in (b"hi", bytearray(b"hi"), memoryview(b"hi"), "hi"):
+        with pytest.raises(TypeError, match=f"decode expects token ids .*got {type(bad).__name__}"):
+            tok.decode(bad)
+    for bad in (None, 1.5, True, {1: 2}.items()):
+        with pytest.raises(TypeError):
+            tok.decode(bad)
+    assert tok.decode(list(b"hi")) == tok.decode([104, 105]) != "hi"  # a list of ints is ids, as asked
+
+
 def test_decode_accepts_tensors(tok):
-    torch = pytest.importorskip("torch")
     ids = tok.encode("Hello, 世界")
     assert tok.decode(torch.tensor(ids)) == "Hello, 世界"
     assert tok.decode([torch.tensor(i) for i in ids]) == "Hello, 世界"
@@ -323,7 +336,6 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_repo_id_offline_is_a_clear_error(monkeypatch):
     # offline for sure, whenever huggingface_hub was imported: nothing may reach the network in tests
-    hub_constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(FileNotFoundError, match="could not be downloaded"):
@@ -481,7 +493,13 @@ def test_trainer_matches_naive_and_roundtrips():
 def test_trainer_on_shipped_corpus():
     from qwen3next.bpe_trainer import load_corpus
 
-    corpus = list(load_corpus().values())
+    documents = load_corpus()
+    # the book's own text only: every document is a file of this repository (tools/make_corpus.py),
+    # and chapter 02 holds out the one it names
+    root = Path(__file__).resolve().parents[1]
+    assert documents and all((root / name).is_file() for name in documents), sorted(documents)
+    assert "src/qwen3next/delta_rule.py" in documents
+    corpus = list(documents.values())
     assert sum(len(t.encode("utf-8")) for t in corpus) < 300_000
     trained = train_bpe(corpus, 200)
     assert len(trained.merges) == 200

@@ -26,3 +26,12 @@ def test_show_source_is_a_python_markdown_block():
     md = show_source(GatedDeltaNet.gates)
     assert md.data.startswith("```python\n") and md.data.endswith("\n```")
     assert "def gates(" in md.data
+
+
+
+def test_source_lines_finds_bounds_by_their_text():
+    whole = source_lines(GatedDeltaNet.gates, docstring=False)
+    last = whole[-1].strip()
+    assert source_lines(GatedDeltaNet.gates, lines=(whole[1].strip()[:12], last), docstring=False) == whole[1:]
+    with pytest.raises(ValueError, match="starts with 'no such line'"):
+        source_lines(GatedDeltaNet.gates, lines=("no such line", last))

@@ -35,27 +35,15 @@ from qwen3next.config import Qwen3NextConfig
 from qwen3next.fp8 import dequantize_fp8, quantize_fp8, write_fp8_checkpoint
 from qwen3next.inspection import describe, format_summary
 from qwen3next.model import Qwen3NextForCausalLM
-from qwen3next.reference import max_abs_diff, reference_config
+from qwen3next.reference import max_abs_diff, random_reference_model
 from qwen3next.weights import load_mtp
-
-transformers = pytest.importorskip("transformers")
 
 CFG = Qwen3NextConfig.tiny(num_hidden_layers=4)  # 3 Gated DeltaNet layers + 1 gated attention layer
 
 
-def _reference(cfg: Qwen3NextConfig, seed: int = 0):
-    torch.manual_seed(seed)
-    ref = transformers.Qwen3NextForCausalLM(reference_config(cfg)).eval()
-    with torch.no_grad():  # the norms start at zero gain offsets: make them non-trivial so loading them matters
-        for name, p in ref.named_parameters():
-            if "norm" in name or "A_log" in name or "dt_bias" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return ref
-
-
 @pytest.fixture(scope="module")
 def ref():
-    return _reference(CFG)
+    return random_reference_model(CFG)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +169,7 @@ def test_header_read_by_hand_agrees_with_safe_open(sharded):
 
 # ------------------------------------------------------------------------------ equal logits
 @pytest.mark.parametrize("layout", ["sharded", "single"])
-def test_logits_equal_reference(layout, request, ids, ref_logits):
+def test_logits_equalrandom_reference_model(layout, request, ids, ref_logits):
     d = request.getfixturevalue(layout)
     if layout == "single":
         assert (d / "model.safetensors").is_file() and not (d / INDEX_FILE).exists()
@@ -213,7 +201,7 @@ def test_dtype_conversion(sharded, ref):
 
 
 def test_default_dtype_is_the_checkpoints(ref, tmp_path, ids):
-    ref16 = _reference(CFG).to(torch.bfloat16)
+    ref16 = random_reference_model(CFG).to(torch.bfloat16)
     ref16.save_pretrained(tmp_path, max_shard_size="300KB")
     model = Qwen3NextForCausalLM.from_pretrained(tmp_path)
     assert {t.dtype for t in model.state_dict().values()} == {torch.bfloat16}
@@ -282,7 +270,8 @@ def test_fp8_weight_without_its_scale_is_refused(sharded, tmp_path):
 def test_fp8_scales_of_the_wrong_block_size_are_refused(sharded, tmp_path):
     d = write_fp8_checkpoint(sharded, tmp_path / "fp8", block=(16, 16))
     _edit_config(d, quantization_config={"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]})
-    with pytest.raises(CheckpointError, match=r"weight_scale_inv.*expected shape \[1, 1\].*128x128.*found \[2, 4\]"):
+    with pytest.raises(CheckpointError, match=r"weight_scale_inv' in model-.*: expected shape \[\d, 1\] \(one scale "
+                                              r"per 128x128 block of .*found \[\d+, 4\]"):
         Qwen3NextForCausalLM.from_pretrained(d)
 
 
@@ -327,7 +316,7 @@ def test_offloading_lowers_resident_and_peak_memory(tmp_path):
     # wide enough that the experts dominate: 2 layers x 64 experts of 3 x 256 x 384 floats = 144 MiB
     cfg = Qwen3NextConfig.tiny(num_hidden_layers=2, hidden_size=256, num_experts=64, moe_intermediate_size=384,
                                full_attention_interval=2, vocab_size=256)
-    _reference(cfg).save_pretrained(tmp_path, max_shard_size="20MB")
+    random_reference_model(cfg).save_pretrained(tmp_path, max_shard_size="20MB")
     s = describe(tmp_path)
     runs = measure_modes_in_subprocess(tmp_path, {"full": (False, None), "off": (True, 8)}, new_tokens=3, prompt_len=8)
     full, off = runs["full"], runs["off"]
@@ -432,7 +421,7 @@ def test_corrupt_header(broken, damage):
     (n,) = struct.unpack("<Q", data[:8])
     if damage == "garbage json":
         data[8:8 + 20] = b"\xff" * 20
-        expected = "corrupt header: not valid UTF-8 JSON"
+        expected = "corrupt header: not UTF-8"
     elif damage == "huge length":
         data[:8] = struct.pack("<Q", 2**40)
         expected = "corrupt header: its length field says"
@@ -593,21 +582,3 @@ def test_download_passes_the_right_arguments(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="repo_id"):
         hub.download("not-a-repo")
     assert len(calls) == 2
-
-
-# ------------------------------------------------------------------------------ exercise checks
-def test_exercise_checks_accept_right_and_reject_wrong_answers():
-    from qwen3next.exercises import ch09_real_weights as ex
-
-    cfg = Qwen3NextConfig.full()
-    expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size * 2
-    assert ex.check_bytes_per_token(cfg.num_experts_per_tok * cfg.num_hidden_layers * expert)
-    assert not ex.check_bytes_per_token(cfg.num_experts_per_tok * expert)
-    assert ex.check_z_rows(range(2 * 768 + 512 + 128, 3 * 768))
-    assert not ex.check_z_rows(range(2 * 768 + 512, 2 * 768 + 640))  # z of head 4, not 5
-    assert not ex.check_z_rows(5)
-    assert ex.check_dequantize(lambda q, s, b: dequantize_fp8(q, s, b, torch.float32))
-    assert not ex.check_dequantize(lambda q, s, b: q.float() * s.float().mean())
-    non_expert = 79_674_391_296 - 77_309_411_328  # SPEC section 5
-    assert ex.check_offload_gib((2 * non_expert + 960 * expert) / 2**30)
-    assert not ex.check_offload_gib(2 * non_expert / 2**30)

@@ -15,7 +15,11 @@ got ``const THEBE_JS_URL = ...`` twice and the second copy threw a SyntaxError i
 myst-nb would fetch require.js and the widget manager from CDNs to draw it. ``_config.yml`` sets
 ``nb_ipywidgets_js: {}`` (nothing is fetched); ``_widget_notes`` drops the saved widget state from the
 page and puts, where each widget would be, a note that the widget is live in Colab or Jupyter. Each
-chapter shows a static figure beside its widgets (DESIGN.md).
+chapter shows a static figure beside its widgets.
+
+**Colab form titles.** A solution cell starts with ``# @title Solution`` so that Colab folds it into a
+form; in the HTML book the cell is folded by its ``hide-input`` tag and the title line would only be
+noise, so ``_drop_form_titles`` takes it out of the rendered code (the notebook keeps it).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import re
 import shutil
 from pathlib import Path
 
+from docutils import nodes
 from sphinx.errors import ExtensionError
 
 PACKAGE = "django-static-mathjax==3.2.2.1"
@@ -88,7 +93,23 @@ def _widget_notes(app, pagename, templatename, context, doctree) -> None:
         context["body"] = WIDGET_VIEW.sub(WIDGET_NOTE, context["body"])
 
 
+FORM_TITLE = re.compile(r"\A\s*# ?@title[^\n]*\n?")
+
+
+def _drop_form_titles(app, doctree) -> None:
+    for block in list(doctree.findall(nodes.literal_block)):
+        parent = block.parent
+        if parent is None or "cell_input" not in parent.get("classes", []):
+            continue
+        text = block.astext()
+        if FORM_TITLE.match(text):
+            new = FORM_TITLE.sub("", text, count=1)
+            block.children = [nodes.Text(new)]
+            block.rawsource = new
+
+
 def setup(app):
+    app.connect("doctree-read", _drop_form_titles)
     app.connect("builder-inited", _check)
     app.connect("build-finished", _copy)
     app.connect("html-page-context", _dedupe_scripts)

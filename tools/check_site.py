@@ -2,249 +2,48 @@
 
 Usage::
 
-    python tools/check_site.py [_build/html] [--screenshots artifacts/screenshots] [--search DeltaNet]
+    python -m tools.check_site [_build/html] [--screenshots artifacts/screenshots] [--table]
 
-The site is served on 127.0.0.1 (a thread running ``http.server``) and Debian's ``chromium`` is driven
-over the DevTools protocol on a pipe (``--remote-debugging-pipe``), so nothing beyond the standard
-library and the browser is needed. For every HTML page it checks that
+The site is served on 127.0.0.1 and Debian's ``chromium`` is driven over the DevTools protocol
+(:mod:`tools.browser`), so nothing beyond the standard library and the browser is needed. For every
+HTML page it checks that
 
 - the page loads with no failed request, no request leaving the machine and no JavaScript exception;
 - every image decodes (no missing or broken ``<img>``);
 - every internal link points at a file of the site, and its ``#fragment`` at an element id there;
 - every piece of math was typeset by MathJax (served from ``_static``, not a CDN) without a TeX error;
 - exercise solutions are folded (a click on the toggle shows them) and worded ones closed;
-- a page built from a notebook shows at least two figures from its cells, and has exactly one Colab button, pointing at
-  ``https://colab.research.google.com/github/<org>/<repo>/blob/<branch>/<notebook>`` (from
-  ``_config.yml``), the notebook exists in the repository, and its download link serves the same file;
-- a page built from Markdown has no Colab button.
+- a page built from a notebook shows at least two figures from its cells, and has exactly one Colab
+  button, pointing at ``https://colab.research.google.com/github/<org>/<repo>/blob/<branch>/<notebook>``
+  (from ``_config.yml``), the notebook exists in the repository, and its download link serves the same file;
+- a page built from Markdown has no Colab button;
+- it reads well (:mod:`tools.layout_checks`): no line of code or output wider than its box and no
+  display equation wider than the column at 1280 px, no sideways scroll at 390 px, figures at 2x
+  density and shown at their drawn size (9 pt labels stay 9 pt), no harness text; and the code that
+  draws the figures sets no font below 9 pt and no figure wider than the column.
 
-It also checks that every document in ``_toc.yml`` became a page, that the search page finds a term,
-and saves screenshots of a few pages. It prints one line per problem and exits 1 if there is any.
+It also checks that every document in ``_toc.yml`` became a page and that the search page finds a
+term, and saves the screenshots of :data:`SHOTS` (a chapter's top, a diagram, a derivation, an
+exercise, a chapter on a phone). It prints one line per problem and exits 1 if there is any;
+``--table`` adds each page's counts.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import fcntl
-import functools
-import http.server
 import json
-import os
 import posixpath
 import re
-import select
-import shutil
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urlsplit
 
+from .browser import Browser, SiteServer
+from .layout_checks import PHONE_WIDTH, add_dpi, layout_problems, measure_page, measure_phone, static_problems, summary
+
 REPO = Path(__file__).resolve().parents[1]
-MIN_FIGURES = 2  # DESIGN.md: every chapter draws what it built, at least twice
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",  # the tests run as root
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-background-networking",  # the machine has no network: no update or sync calls
-    "--disable-component-update",
-    "--disable-sync",
-    "--mute-audio",
-    "--hide-scrollbars",
-    "--force-device-scale-factor=1",
-    "--remote-debugging-pipe",
-]
-
-
-# --------------------------------------------------------------------------------------- browser
-class BrowserError(RuntimeError):
-    pass
-
-
-def find_chromium() -> str:
-    for name in (os.environ.get("CHROMIUM", ""), "chromium", "chromium-browser", "google-chrome"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    raise BrowserError("no Chromium found: install Debian's `chromium` (make chromium) or set $CHROMIUM")
-
-
-def _high_fd(fd: int) -> int:
-    high = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
-    os.close(fd)
-    return high
-
-
-class Browser:
-    """A headless Chromium spoken to over the DevTools protocol on fds 3 (in) and 4 (out)."""
-
-    def __init__(self, width: int = 1280, height: int = 900, timeout: float = 30.0):
-        self.timeout = timeout
-        self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
-        to_chrome_r, self._to_chrome = os.pipe()
-        self._from_chrome, from_chrome_w = os.pipe()
-        # move the child's ends above 9 so that 3<&N and 4>&M cannot overwrite one another (dash takes
-        # only one-digit fds in redirections, hence bash)
-        to_chrome_r, from_chrome_w = _high_fd(to_chrome_r), _high_fd(from_chrome_w)
-        exe = find_chromium()
-        # a shell moves the two pipe ends onto fds 3 and 4, where Chromium expects them
-        cmd = ["/bin/bash", "-c", f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}', exe,
-               *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "about:blank"]
-        self.log = Path(self.profile) / "chromium-stderr.log"
-        with open(self.log, "w") as err:
-            self.proc = subprocess.Popen(cmd, pass_fds=(to_chrome_r, from_chrome_w),
-                                         stdout=subprocess.DEVNULL, stderr=err)
-        os.close(to_chrome_r)
-        os.close(from_chrome_w)
-        self._buf = b""
-        self._next_id = 0
-        self.events: list[dict] = []
-        try:
-            self._attach(width, height, timeout)
-        except BaseException:
-            self.close()
-            raise
-
-    def _attach(self, width: int, height: int, timeout: float) -> None:
-        # drive the tab Chromium opened (a tab created in the background never paints: no screenshots)
-        deadline = time.monotonic() + timeout
-        while True:
-            tabs = [t for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page"]
-            if tabs or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        target = tabs[0]["targetId"] if tabs else self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Page", "Runtime", "Network"):
-            self.call(f"{domain}.enable")
-        self.call("Page.bringToFront")
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
-
-    # -- protocol
-    def _read_message(self, deadline: float) -> dict:
-        while b"\0" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("Chromium did not answer in time")
-            ready, _, _ = select.select([self._from_chrome], [], [], left)
-            if ready:
-                chunk = os.read(self._from_chrome, 1 << 20)
-                if not chunk:
-                    tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-                    raise BrowserError(f"Chromium closed the DevTools pipe (exit code {self.proc.poll()}):\n{tail}")
-                self._buf += chunk
-        raw, self._buf = self._buf.split(b"\0", 1)
-        return json.loads(raw)
-
-    def send(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float | None = None) -> dict:
-        self._next_id += 1
-        msg = {"id": self._next_id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        os.write(self._to_chrome, json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
-            reply = self._read_message(deadline)
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise BrowserError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-            if "method" in reply:
-                self.events.append(reply)
-
-    def call(self, method: str, params: dict | None = None, timeout: float | None = None) -> dict:
-        return self.send(method, params, self.session, timeout)
-
-    def wait_event(self, method: str, timeout: float | None = None) -> dict:
-        deadline = time.monotonic() + (timeout or self.timeout)
-        seen = 0
-        while True:
-            for ev in self.events[seen:]:
-                if ev.get("method") == method:
-                    return ev
-            seen = len(self.events)
-            self.events.append(self._read_message(deadline))
-
-    def evaluate(self, expression: str, timeout: float | None = None):
-        result = self.call("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
-                                                "returnByValue": True}, timeout)
-        if "exceptionDetails" in result:
-            raise BrowserError(f"evaluating page script: {result['exceptionDetails'].get('text')} "
-                               f"{result['exceptionDetails'].get('exception', {}).get('description', '')}")
-        return result["result"].get("value")
-
-    # -- pages
-    def open(self, url: str) -> None:
-        self.events.clear()
-        reply = self.call("Page.navigate", {"url": url})
-        if reply.get("errorText"):
-            raise BrowserError(f"{url}: {reply['errorText']}")
-        self.wait_event("Page.loadEventFired")
-
-    def screenshot(self, path: Path) -> None:
-        data = self.call("Page.captureScreenshot", {"format": "png"})["data"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(data))
-
-    def close(self) -> None:
-        try:
-            self.send("Browser.close", timeout=5)
-        except (BrowserError, TimeoutError, OSError):
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        for fd in (self._to_chrome, self._from_chrome):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        shutil.rmtree(self.profile, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-# --------------------------------------------------------------------------------------- server
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-class SiteServer:
-    """Serve ``root`` on 127.0.0.1 at a free port, in a background thread."""
-
-    def __init__(self, root: Path):
-        handler = functools.partial(_QuietHandler, directory=str(root))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
+MIN_FIGURES = 2  # every chapter draws what it built, at least twice
 # --------------------------------------------------------------------------------------- checks
 PROBE = r"""
 (async () => {
@@ -407,7 +206,9 @@ def _request_problems(page: str, events: list[dict], base: str) -> list[str]:
 REFRESH = re.compile(r'<meta[^>]+http-equiv="refresh"[^>]+url=([^"\s>]+)', re.I)
 
 
-def check_page(browser: Browser, page: str, base: str, root: Path, repo: Path, ids_cache: dict) -> list[str]:
+def check_page(browser: Browser, page: str, base: str, root: Path, repo: Path, ids_cache: dict,
+               measures: dict | None = None) -> list[str]:
+    """Every check of one page; ``measures[page]`` gets its reading counts (see layout_checks.summary)."""
     redirect = REFRESH.search((root / page).read_text(errors="replace"))
     if redirect:  # index.html only forwards to the root document: check where it points
         target = base + posixpath.normpath(posixpath.join(posixpath.dirname(page), redirect.group(1)))
@@ -459,6 +260,20 @@ def check_page(browser: Browser, page: str, base: str, root: Path, repo: Path, i
             problems.append(f"{page}: the downloadable notebook differs from {notebook} in the repository")
     elif colab:
         problems.append(f"{page}: a page that is not a notebook has Colab button(s) {colab}")
+
+    # what a reader sees: widths at 1280 px (every fold opened), then the page on a phone
+    reading = measure_page(browser)
+    width = browser.width
+    browser.set_viewport(PHONE_WIDTH, 844, mobile=True)
+    try:
+        browser.open(base + page)
+        phone = measure_phone(browser)
+    finally:
+        browser.set_viewport(width, 900)
+    add_dpi(reading["figures"], base, root)
+    problems += layout_problems(page, reading, phone)
+    if measures is not None:
+        measures[page] = summary(reading, phone)
     return problems
 
 
@@ -481,10 +296,55 @@ def site_pages(root: Path) -> list[str]:
                   if not p.relative_to(root).as_posix().startswith(skip))
 
 
+# Screenshots the artifacts keep: (file name, page, element shown at the top or None, viewport width).
+# The elements are what the names promise; a missing one is a problem, so the pictures cannot go stale.
+SHOTS = [
+    ("book_intro", "book/intro.html", None, 1280),
+    ("chapter_top", "chapters/02_tokenizer.html", None, 1280),
+    ("diagram", "chapters/02_tokenizer.html", ".tag_diagram", 1280),
+    ("derivation", "chapters/03_norms_and_rope.html", "#deriving-yarn-s-ramp", 1280),
+    ("exercise", "chapters/03_norms_and_rope.html", "section[id^='exercise-3-1']", 1280),
+    ("phone_chapter_top", "chapters/03_norms_and_rope.html", None, PHONE_WIDTH),
+]
+
+SHOW = r"""
+((selector) => {
+  const el = document.querySelector(selector);
+  if (!el) return false;
+  el.querySelectorAll('details').forEach(d => { d.open = true; });  // an exercise with its solution
+  el.scrollIntoView();
+  return true;
+})
+"""
+
+
+def take_screenshots(browser: Browser, base: str, root: Path, folder: Path, shots=SHOTS) -> list[str]:
+    problems = []
+    for name, page, selector, width in shots:
+        if not (root / page).is_file():
+            problems.append(f"screenshot {name}: the site has no {page}")
+            continue
+        browser.set_viewport(width, 900, mobile=width < 600)
+        browser.open(base + page)
+        browser.evaluate("(async () => { if (window.MathJax && MathJax.startup) await MathJax.startup.promise; "
+                         "await Promise.all([...document.images].map(i => i.decode().catch(() => 0))); })()")
+        if selector and not browser.evaluate(f"({SHOW})({json.dumps(selector)})"):
+            problems.append(f"screenshot {name}: {page} has no element {selector!r} to show")
+            continue
+        time.sleep(0.3)
+        browser.screenshot(folder / f"{name}.png")
+    browser.set_viewport(1280, 900)
+    return problems
+
+
 def check_site(root: Path, repo: Path = REPO, screenshots: Path | None = None, search: str = "DeltaNet",
-               search_expect: str | None = None, screenshot_pages: list[str] | None = None,
+               search_expect: str | None = None, shots=SHOTS, measures: dict | None = None,
                log=print) -> list[str]:
-    """Check the built site at ``root``; return the list of problems (empty when all is well)."""
+    """Check the built site at ``root``; return the list of problems (empty when all is well).
+
+    ``measures``, when given, receives each page's reading counts (lines, clipped lines, equations,
+    figures, ...) for a before/after table.
+    """
     root = Path(root)
     problems = []
     if not (root / "index.html").is_file():
@@ -493,43 +353,54 @@ def check_site(root: Path, repo: Path = REPO, screenshots: Path | None = None, s
         if not (root / f"{doc}.html").is_file():
             problems.append(f"_toc.yml names {doc}, but the site has no {doc}.html")
     pages = site_pages(root)
-    if screenshot_pages is None:
-        chapters = [p for p in pages if (root / "_sources" / (p[:-5] + ".ipynb")).is_file()]
-        screenshot_pages = [f"{toc_files(repo)[0]}.html", "book/notation.html", *chapters[:1], *chapters[-1:]]
+    notebooks = [repo / f"{p[:-5]}.ipynb" for p in pages if (repo / f"{p[:-5]}.ipynb").is_file()]
+    problems += static_problems(repo, notebooks)
     ids_cache: dict = {}
     t0 = time.monotonic()
     with SiteServer(root) as server, Browser() as browser:
         for page in pages:
-            problems += check_page(browser, page, server.base, root, repo, ids_cache)
-            if screenshots and page in screenshot_pages:
-                name = page.replace("/", "_").replace(".html", "")
-                browser.screenshot(screenshots / f"{name}.png")
-                # and further down: at the first figure and the first displayed equation, where there are
-                for suffix, selector in (("figure", ".cell_output img, figure img"), ("math", "div.math")):
-                    if browser.evaluate(f"(() => {{ const e = document.querySelector('{selector}'); "
-                                        "if (!e) return false; e.scrollIntoView(); return true; })()"):
-                        time.sleep(0.2)
-                        browser.screenshot(screenshots / f"{name}_{suffix}.png")
+            problems += check_page(browser, page, server.base, root, repo, ids_cache, measures)
         problems += check_search(browser, server.base, root, search, search_expect)
         if screenshots:
             browser.screenshot(screenshots / "search.png")
+            problems += take_screenshots(browser, server.base, root, screenshots, shots)
     log(f"checked {len(pages)} pages and the search in {time.monotonic() - t0:.1f} s")
     return problems
+
+
+def print_table(measures: dict, out=print) -> None:
+    """The reading counts of every page as a Markdown table, with a total row."""
+    cols = ["lines", "clipped", "equations", "wide_equations", "figures", "below_2x", "below_9pt",
+            "phone_overflow_px", "harness"]
+    out("| page | " + " | ".join(cols) + " |")
+    out("|---" * (len(cols) + 1) + "|")
+    for page, m in sorted(measures.items()):
+        out(f"| {page} | " + " | ".join(str(m[c]) for c in cols) + " |")
+    totals = [sum(m[c] for m in measures.values()) for c in cols]
+    totals[cols.index("phone_overflow_px")] = sum(1 for m in measures.values() if m["phone_overflow_px"])
+    out("| total (phone: pages) | " + " | ".join(str(t) for t in totals) + " |")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("site", nargs="?", default=str(REPO / "_build" / "html"))
     ap.add_argument("--screenshots", default=str(REPO / "artifacts" / "screenshots"))
+    ap.add_argument("--no-screenshots", action="store_true")
     ap.add_argument("--search", default="DeltaNet")
     ap.add_argument("--repo", default=str(REPO), help="the book's source (for _config.yml, _toc.yml, notebooks)")
+    ap.add_argument("--table", action="store_true", help="print each page's reading counts as a table")
     args = ap.parse_args(argv)
-    for old in Path(args.screenshots).glob("*.png"):  # only this run's pictures
-        old.unlink()
-    problems = check_site(Path(args.site), Path(args.repo), Path(args.screenshots), args.search)
+    shots = None if args.no_screenshots else Path(args.screenshots)
+    if shots:
+        for old in shots.glob("*.png"):  # only this run's pictures
+            old.unlink()
+    measures: dict = {}
+    problems = check_site(Path(args.site), Path(args.repo), shots, args.search, measures=measures)
     for p in problems:
         print("PROBLEM", p)
-    print(f"{len(problems)} problems; screenshots in {args.screenshots}")
+    if args.table:
+        print_table(measures)
+    print(f"{len(problems)} problems" + (f"; screenshots in {shots}" if shots else ""))
     return 1 if problems else 0
 
 

@@ -1,6 +1,6 @@
 """Qwen3-Next-80B-A3B from first principles: the package behind the book.
 
-The public interface (see DESIGN.md): ``Qwen3NextConfig``, ``Qwen3NextForCausalLM``, ``Tokenizer``,
+The public interface (see CONTRIBUTING.md): ``Qwen3NextConfig``, ``Qwen3NextForCausalLM``, ``Tokenizer``,
 ``generate``. The model and the tokenizer are imported lazily so that ``import qwen3next`` stays fast
 and each chapter only pays for the modules it uses.
 """

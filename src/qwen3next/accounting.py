@@ -1,9 +1,10 @@
 """Parameter and cache-memory accounting, computed from a config alone.
 
-Every number here follows from the shapes of SPEC section 4: no model is built. Chapter 01 checks these
-counts against the reference model (``transformers.Qwen3NextForCausalLM``) built on the meta device, and
-the tests check them against the released figures (79,674,391,296 parameters; 3,252,599,552 active
-per token outside the embedding and the head).
+Every number here follows from the shapes of the checkpoint (the book's reference page, "Checkpoint
+layout"): no model is built. Chapter 01 checks these counts against the reference model
+(``transformers.Qwen3NextForCausalLM``) built on the meta device, and the tests check them against the
+released figures (79,674,391,296 parameters; 3,252,599,552 active per token outside the embedding and
+the head; the book's reference page, "Parameter counts").
 
 "Active" parameters are those a token actually multiplies with: in every MoE block only the router, the
 shared expert, its gate and the ``num_experts_per_tok`` chosen experts. Three conventions are in use:

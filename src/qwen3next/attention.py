@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import Linear
 from .norms import RMSNorm
 from .rope import apply_rotary
 
@@ -72,17 +73,10 @@ class KVCache:
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append ``k, v (B, Hkv, T, D)``; return all keys and values ``(B, Hkv, S + T, D)``."""
-        if k.dim() != 4 or k.shape != v.shape:
-            raise ValueError(
-                f"k, v: expected two (B, Hkv, T, D) tensors of one shape, found {tuple(k.shape)} and {tuple(v.shape)}"
-            )
+        self._check_update_inputs(k, v)
         if self._key is None:  # the prompt: keep the tensors as they are, no spare room yet
             self._key, self._value, self._length = k, v, k.shape[2]
             return self.key, self.value
-        if k.shape[:2] != self._key.shape[:2] or k.shape[3] != self._key.shape[3]:
-            raise ValueError(
-                f"k: cache holds (B, Hkv, *, D) = {tuple(self.key.shape)}, cannot append {tuple(k.shape)}"
-            )
         S, T = self._length, k.shape[2]
         if S + T > self._key.shape[2]:  # full: move to buffers with room for more tokens
             self._key, self._value = (self._grow(buf, S + T) for buf in (self._key, self._value))
@@ -90,6 +84,16 @@ class KVCache:
         self._value[:, :, S : S + T] = v
         self._length = S + T
         return self.key, self.value
+
+    def _check_update_inputs(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        if k.dim() != 4 or k.shape != v.shape:
+            raise ValueError(
+                f"k, v: expected two (B, Hkv, T, D) tensors of one shape, found {tuple(k.shape)} and {tuple(v.shape)}"
+            )
+        if self._key is not None and (k.shape[:2] != self._key.shape[:2] or k.shape[3] != self._key.shape[3]):
+            raise ValueError(
+                f"k: cache holds (B, Hkv, *, D) = {tuple(self.key.shape)}, cannot append {tuple(k.shape)}"
+            )
 
     def _grow(self, buf: torch.Tensor, needed: int) -> torch.Tensor:
         """A copy of the cached tokens of ``buf`` in a buffer of ``needed`` slots plus spare room."""
@@ -99,12 +103,12 @@ class KVCache:
         new[:, :, : self._length] = buf[:, :, : self._length]
         return new
 
-    def select(self, batch_index: torch.Tensor) -> None:
-        """Keep (and reorder) the batch rows ``batch_index``, in place: beam search, dropping finished rows."""
+    def reorder(self, index: torch.Tensor) -> None:
+        """The batch becomes rows ``index`` (a 1-D LongTensor, repeats allowed) of the old one, in place."""
         if self._key is not None:
-            batch_index = batch_index.to(self._key.device)
-            self._key = self.key.index_select(0, batch_index)
-            self._value = self.value.index_select(0, batch_index)
+            index = index.to(self._key.device)
+            self._key = self.key.index_select(0, index)
+            self._value = self.value.index_select(0, index)
 
     def crop(self, length: int) -> None:
         """Forget every token after the first ``length`` (e.g. rejected speculative tokens)."""
@@ -129,7 +133,7 @@ class KVCache:
         return f"KVCache(length={self.length}, key_shape={shape})"
 
 
-def attention_mask_bool(
+def allowed_positions(
     attention_mask: torch.Tensor | None, batch: int, past: int, new: int, device: torch.device
 ) -> torch.Tensor:
     """Which keys each new query may read: ``(B or 1, 1, T, past + T)`` booleans, True = allowed.
@@ -138,19 +142,23 @@ def attention_mask_bool(
     key ``j`` is hidden when ``attention_mask[b, j] == 0``. A row left with no key at all (a padding
     query before any real token) is opened up completely, so that softmax stays finite.
     """
+    _check_padding_mask(attention_mask, batch, past, new)
     total = past + new
     query_index = torch.arange(past, total, device=device)[:, None]  # (T, 1)
     key_index = torch.arange(total, device=device)[None, :]  # (1, S)
     allowed = (key_index <= query_index)[None, None]  # (1, 1, T, S)
     if attention_mask is None:
         return allowed
-    if attention_mask.shape != (batch, total):
-        raise ValueError(
-            f"attention_mask: expected the 2-D padding mask (B, past + T) = ({batch}, {total}) covering "
-            f"{past} cached and {new} new tokens, found {tuple(attention_mask.shape)}"
-        )
     allowed = allowed & attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # (B, 1, T, S)
     return allowed | ~allowed.any(dim=-1, keepdim=True)
+
+
+def _check_padding_mask(attention_mask: torch.Tensor | None, batch: int, past: int, new: int) -> None:
+    if attention_mask is not None and attention_mask.shape != (batch, past + new):
+        raise ValueError(
+            f"attention_mask: expected the 2-D padding mask (B, past + T) = ({batch}, {past + new}) covering "
+            f"{past} cached and {new} new tokens, found {tuple(attention_mask.shape)}"
+        )
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -194,7 +202,7 @@ def sdpa_attention(
         if T == S:
             causal = True
         else:  # a chunk of several new tokens after a cached prefix: spell the causal mask out
-            allowed = attention_mask_bool(None, q.shape[0], S - T, T, q.device)
+            allowed = allowed_positions(None, q.shape[0], S - T, T, q.device)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=allowed, is_causal=causal, scale=q.shape[-1] ** -0.5, enable_gqa=gqa
     )
@@ -214,10 +222,10 @@ class GatedAttention(nn.Module):
         self.head_dim = config.head_dim  # D
         self.implementation = implementation
         hidden, H, Hkv, D = config.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
-        self.q_proj = nn.Linear(hidden, H * 2 * D, bias=False)  # per head: [query D | gate D]
-        self.k_proj = nn.Linear(hidden, Hkv * D, bias=False)
-        self.v_proj = nn.Linear(hidden, Hkv * D, bias=False)
-        self.o_proj = nn.Linear(H * D, hidden, bias=False)
+        self.q_proj = Linear(hidden, H * 2 * D, bias=False)  # per head: [query D | gate D]
+        self.k_proj = Linear(hidden, Hkv * D, bias=False)
+        self.v_proj = Linear(hidden, Hkv * D, bias=False)
+        self.o_proj = Linear(H * D, hidden, bias=False)
         self.q_norm = RMSNorm(D, eps=config.rms_norm_eps)
         self.k_norm = RMSNorm(D, eps=config.rms_norm_eps)
 
@@ -255,8 +263,7 @@ class GatedAttention(nn.Module):
     ) -> torch.Tensor:
         """``x (B, T, hidden)``; ``cos, sin (B, T, rotary_dim)`` for the new tokens' positions;
         ``attention_mask (B, past + T)`` 1 = real token, 0 = padding, or None; ``cache`` is appended to."""
-        if x.dim() != 3:
-            raise ValueError(f"x: expected shape (B, T, hidden), found {tuple(x.shape)}")
+        self._check_forward_inputs(x)
         B, T, _ = x.shape
         q, k, v, gate = self.project(x, cos, sin)
         past = 0
@@ -266,11 +273,16 @@ class GatedAttention(nn.Module):
         if attention_mask is None and self.implementation == "sdpa":
             allowed = None  # causal and unpadded: the fused kernel masks by itself, no mask tensor to build
         else:
-            allowed = attention_mask_bool(attention_mask, B, past, T, x.device)  # (B or 1, 1, T, past + T)
+            allowed = allowed_positions(attention_mask, B, past, T, x.device)  # (B or 1, 1, T, past + T)
         out = KERNELS[self.implementation](q, k, v, allowed)  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(B, T, -1)  # (B, T, H D)
         out = out * torch.sigmoid(gate)  # each feature of each head has its own gate in (0, 1)
         return self.o_proj(out)  # (B, T, hidden)
+
+    @staticmethod
+    def _check_forward_inputs(x: torch.Tensor) -> None:
+        if x.dim() != 3:
+            raise ValueError(f"x: expected shape (B, T, hidden), found {tuple(x.shape)}")
 
     def extra_repr(self) -> str:
         return (

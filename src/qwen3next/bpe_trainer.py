@@ -20,9 +20,11 @@ from .tokenizer_files import read_json
 
 
 def load_corpus() -> dict[str, str]:
-    """The small corpus the book ships for training BPE: a fixed snapshot of its own docs and source.
+    """The small corpus the book ships for training BPE: a snapshot of its own text and source.
 
-    Returns ``{file name: text}`` (about 90 KB of English prose, Markdown and Python).
+    Returns ``{path in the repository: text}``: the first chapters (prose and code) and the package
+    modules they build, about 240 KB of English prose, Markdown and Python, written by the
+    repository's ``tools/make_corpus.py``.
     """
     path = Path(__file__).parent / "data" / "tokenizer_corpus.json"
     data = read_json(path)

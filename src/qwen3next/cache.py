@@ -1,6 +1,7 @@
 """The hybrid cache: what Qwen3-Next remembers between forward passes.
 
-A decoder that mixes two kinds of layers needs two kinds of memory (SPEC section 3):
+A decoder that mixes two kinds of layers needs two kinds of memory (the book's reference page, "The
+hybrid cache"):
 
 * a gated-attention layer keeps every past key and value (``attention.KVCache``): its memory grows by
   ``2 * num_key_value_heads * head_dim`` numbers per token;
@@ -10,8 +11,8 @@ A decoder that mixes two kinds of layers needs two kinds of memory (SPEC section
 
 ``HybridCache`` holds one of these per layer, in ``config.layer_types`` order, plus what the model needs
 across calls: how many tokens have been seen and, for left-padded batches, the running 2-D padding
-mask ``(B, seen)`` (1 = real token, 0 = padding). It can keep or reorder batch rows (dropping finished
-sequences, beam search) and reports the memory its cached tokens take, in bytes, per layer type,
+mask ``(B, seq_len)`` (1 = real token, 0 = padding). It can keep some batch rows (finished sequences
+leave the batch) or reorder them (beam search), and reports the memory its cached tokens take, in bytes, per layer type,
 measured from the tensors (an attention layer's buffers keep some spare room for the next tokens,
 see ``attention.KVCache``, which these counts leave out).
 
@@ -26,7 +27,9 @@ from collections.abc import Iterator
 
 import torch
 
+from .attention import KVCache
 from .config import Qwen3NextConfig
+from .deltanet import DeltaNetState
 
 
 class HybridCache:
@@ -38,20 +41,20 @@ class HybridCache:
         self.layers = list(layers)
         self.layer_types = list(layer_types)
         self.batch_size = batch_size
-        self.seen_tokens = 0
-        # (B, seen) padding mask, or None while every token seen so far is real (the common case)
+        # tokens seen per row so far, padding included: the length of the attention layers' K and V
+        self.seq_len = 0
+        # (B, seq_len) padding mask, or None while every token seen so far is real (the common case)
         self.attention_mask: torch.Tensor | None = None
 
     @classmethod
-    def for_config(
-        cls, config: Qwen3NextConfig, batch_size: int, device=None, dtype: torch.dtype | None = None
-    ) -> HybridCache:
-        """An empty cache for ``config``: a KV cache per attention layer, a state per DeltaNet layer."""
+    def for_config(cls, config: Qwen3NextConfig, batch_size: int) -> HybridCache:
+        """An empty cache for ``config``: a KV cache per attention layer, a state per DeltaNet layer.
+
+        Both start empty; their tensors come with the first forward pass, on its device and in its dtype.
+        """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, found {batch_size!r}")
-        layers = [
-            _new_layer_cache(config, i, kind, batch_size, device, dtype) for i, kind in enumerate(config.layer_types)
-        ]
+        layers = [KVCache() if kind == "full_attention" else DeltaNetState() for kind in config.layer_types]
         return cls(layers, config.layer_types, batch_size)
 
     # --------------------------------------------------------------------------------- access
@@ -61,30 +64,17 @@ class HybridCache:
     def __iter__(self) -> Iterator:
         return iter(self.layers)
 
-    @property
-    def seq_len(self) -> int:
-        """Tokens seen per row so far (padding included): the length of the attention layers' K and V."""
-        return self.seen_tokens
-
-    def get_seq_length(self) -> int:
-        return self.seen_tokens
-
     # --------------------------------------------------------------------------- padding mask
     def extend_mask(self, new_mask: torch.Tensor | None, num_new: int, device=None) -> torch.Tensor | None:
-        """Record ``num_new`` new tokens and return the padding mask over all of them ``(B, seen + new)``.
+        """Record ``num_new`` new tokens and return the padding mask over all of them ``(B, seq_len + new)``.
 
-        ``new_mask`` may cover only the new tokens ``(B, new)`` or everything ``(B, seen + new)``
+        ``new_mask`` may cover only the new tokens ``(B, new)`` or everything ``(B, seq_len + new)``
         (what ``transformers`` passes). Returns ``None`` when no padding has ever been seen, so the
         layers can take their fast unmasked path.
         """
-        past = self.seen_tokens
-        B = self.batch_size
+        self._check_new_mask(new_mask, num_new)
+        past, B = self.seq_len, self.batch_size
         if new_mask is not None:
-            if new_mask.dim() != 2 or new_mask.shape[0] != B or new_mask.shape[1] not in (num_new, past + num_new):
-                raise ValueError(
-                    f"attention_mask: expected shape ({B}, {num_new}) or ({B}, {past + num_new}) "
-                    f"(new tokens or all tokens), found {tuple(new_mask.shape)}"
-                )
             new_mask = new_mask[:, -num_new:].to(torch.long) if num_new else new_mask[:, :0].to(torch.long)
             if self.attention_mask is None and bool(new_mask.all()):
                 new_mask = None  # still no padding anywhere: stay on the fast path
@@ -95,80 +85,82 @@ class HybridCache:
             if old is None:
                 old = torch.ones(B, past, dtype=torch.long, device=new_mask.device)
             self.attention_mask = torch.cat([old, new_mask], dim=1)  # (B, past + new)
-        self.seen_tokens = past + num_new
+        self.seq_len = past + num_new
         return self.attention_mask
 
-    # ---------------------------------------------------------------------------- batch rows
-    def reorder(self, index: torch.Tensor) -> HybridCache:
-        """Replace the batch by rows ``index`` (LongTensor (B',), repeats allowed), in place.
+    def _check_new_mask(self, new_mask: torch.Tensor | None, num_new: int) -> None:
+        B, past = self.batch_size, self.seq_len
+        if new_mask is not None and (
+            new_mask.dim() != 2 or new_mask.shape[0] != B or new_mask.shape[1] not in (num_new, past + num_new)
+        ):
+            raise ValueError(
+                f"attention_mask: expected shape ({B}, {num_new}) or ({B}, {past + num_new}) "
+                f"(new tokens or all tokens), found {tuple(new_mask.shape)}"
+            )
 
-        Beam search reorders rows this way; ``select`` uses it to drop finished rows.
+    # ---------------------------------------------------------------------------- batch rows
+    def reorder(self, index) -> HybridCache:
+        """The batch becomes rows ``index`` of the old one, in that order (repeats allowed), in place.
+
+        ``index``: a list or 1-D LongTensor of row numbers. Beam search reorders rows this way.
         """
+        index = self._check_row_numbers(index)
+        for layer in self.layers:
+            layer.reorder(index)  # each per-layer cache gathers its own rows
+        if self.attention_mask is not None:
+            self.attention_mask = self.attention_mask.index_select(0, index.to(self.attention_mask.device))
+        self.batch_size = int(index.numel())
+        return self
+
+    def keep_rows(self, rows) -> HybridCache:
+        """Keep only ``rows``, in their order, in place: finished sequences leave the batch.
+
+        ``rows``: a boolean mask ``(B,)`` (True = keep) or increasing row numbers.
+        """
+        return self.reorder(self._check_rows_to_keep(rows))
+
+    def _check_row_numbers(self, index) -> torch.Tensor:
+        """``index`` as a 1-D LongTensor of existing rows, or a clear error."""
         index = torch.as_tensor(index)
-        if index.dtype == torch.bool:
-            if index.shape != (self.batch_size,):
-                raise ValueError(
-                    f"index: a boolean row mask must have shape ({self.batch_size},), found {tuple(index.shape)}"
-                )
-            index = index.nonzero().squeeze(-1)
         if index.dim() != 1 or index.dtype != torch.long:
             raise ValueError(
                 f"index: expected a 1-D LongTensor of row numbers, found {tuple(index.shape)} {index.dtype}"
             )
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.batch_size):
             raise ValueError(f"index: rows must be in 0..{self.batch_size - 1}, found {index.tolist()}")
-        for layer in self.layers:
-            _index_rows(layer, index)
-        if self.attention_mask is not None:
-            self.attention_mask = self.attention_mask.index_select(0, index.to(self.attention_mask.device))
-        self.batch_size = int(index.numel())
-        return self
+        return index
 
-    def select(self, rows) -> HybridCache:
-        """Keep only ``rows`` (a list/LongTensor of row numbers or a boolean mask ``(B,)``), in place."""
-        return self.reorder(torch.as_tensor(rows))
+    def _check_rows_to_keep(self, rows) -> torch.Tensor:
+        """``rows`` (a boolean mask or increasing row numbers) as a 1-D LongTensor of row numbers."""
+        rows = torch.as_tensor(rows)
+        if rows.dtype == torch.bool:
+            if rows.shape != (self.batch_size,):
+                raise ValueError(
+                    f"index: a boolean row mask must have shape ({self.batch_size},), found {tuple(rows.shape)}"
+                )
+            return rows.nonzero().squeeze(-1)
+        rows = self._check_row_numbers(rows)
+        if rows.numel() > 1 and not bool((rows[1:] > rows[:-1]).all()):
+            raise ValueError(f"rows: expected increasing row numbers (to reorder, use reorder), found {rows.tolist()}")
+        return rows
 
     # -------------------------------------------------------------------------------- memory
     def layer_nbytes(self) -> list[int]:
         """Bytes of each layer's cached tokens and states, measured from the tensors themselves."""
-        return [_nbytes(layer) for layer in self.layers]
+        return [int(layer.nbytes()) for layer in self.layers]
 
     def memory_report(self) -> dict[str, int]:
         """Measured bytes per layer type, plus the padding mask and the total."""
         report = {kind: 0 for kind in ("full_attention", "linear_attention")}
         for kind, n in zip(self.layer_types, self.layer_nbytes(), strict=True):
             report[kind] += n
-        report["mask"] = 0 if self.attention_mask is None else _tensor_nbytes(self.attention_mask)
+        mask = self.attention_mask
+        report["mask"] = 0 if mask is None else mask.numel() * mask.element_size()
         report["total"] = sum(report.values())
         return report
 
     def __repr__(self) -> str:
         kinds = {k: self.layer_types.count(k) for k in ("full_attention", "linear_attention")}
-        return (f"HybridCache(batch_size={self.batch_size}, seen_tokens={self.seen_tokens}, "
+        return (f"HybridCache(batch_size={self.batch_size}, seq_len={self.seq_len}, "
                 f"attention_layers={kinds['full_attention']}, deltanet_layers={kinds['linear_attention']}, "
                 f"padded={self.attention_mask is not None})")
-
-
-# ---------------------------------------------------------------------------------- helpers
-def _new_layer_cache(config, layer_idx, kind, batch_size, device, dtype):
-    """The per-layer cache object of the module contracts (CONTRIBUTING.md)."""
-    if kind == "full_attention":
-        from .attention import KVCache
-
-        return KVCache()
-    from .deltanet import DeltaNetState
-
-    return DeltaNetState()
-
-
-def _index_rows(layer, index: torch.Tensor) -> None:
-    # both per-layer caches know how to keep/reorder their own batch rows
-    layer.select(index)
-
-
-def _tensor_nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-def _nbytes(layer) -> int:
-    return int(layer.nbytes())

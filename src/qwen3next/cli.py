@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--tokenizer", type=Path, default=None,
                    help="tokenizer directory (default: the model directory, else the bundled Qwen3 tokenizer)")
+    from .chat_cli import add_parser as add_chat_parser
+
+    add_chat_parser(sub)
     return parser
 
 
@@ -151,6 +154,10 @@ def main(argv: list[str] | None = None, out=None, err=None) -> int:
     try:
         if args.command == "inspect":
             return cmd_inspect(args, out)
+        if args.command == "chat":
+            from .chat_cli import cmd_chat
+
+            return cmd_chat(args, out, err, load_tokenizer=_tokenizer)
         return cmd_generate(args, out, err)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=err)

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .jsonfile import read_json_file
+
 LAYER_TYPES = ("linear_attention", "full_attention")
 ROPE_TYPES = ("default", "yarn")
+TORCH_DTYPES = ("bfloat16", "float16", "float32", "float64")
 
 # Keys that transformers writes into config.json but that change nothing in this model.
 _IGNORED_KEYS = {
@@ -91,11 +95,14 @@ class Qwen3NextConfig:
     layer_types: list[str] | None = None
 
     def __post_init__(self) -> None:
+        if self.mlp_only_layers is None:
+            self.mlp_only_layers = []
+        _check_types(self)  # before anything computes with a field
         if self.layer_types is None:
             self.layer_types = self.derived_layer_types()
         else:
             self.layer_types = list(self.layer_types)
-        self.mlp_only_layers = list(self.mlp_only_layers or [])
+        self.mlp_only_layers = list(self.mlp_only_layers)
         self.validate()
 
     # ----------------------------------------------------------------------------------- presets
@@ -132,10 +139,7 @@ class Qwen3NextConfig:
             path = path / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"no config file at {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is not valid JSON: {err}") from err
+        data = read_json_file(path, ConfigError)
         try:
             return cls.from_dict(data)
         except ConfigError as err:
@@ -144,12 +148,16 @@ class Qwen3NextConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Qwen3NextConfig:
         """Build from a config dict in the released form or the transformers-5 form."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a JSON object, found {type(data).__name__}")
         data = dict(data)
         if data.get("model_type", "qwen3_next") != "qwen3_next":
             raise ConfigError(f"model_type: expected 'qwen3_next', found {data['model_type']!r}")
         if "dtype" in data and "torch_dtype" not in data:
             data["torch_dtype"] = data["dtype"]
         rope = data.pop("rope_parameters", None)
+        if rope is not None and not isinstance(rope, dict):
+            raise ConfigError(f"rope_parameters: expected an object, found {rope!r}")
         if rope is not None:
             data.update(_from_rope_parameters(rope))
         if data.get("attention_bias"):
@@ -225,22 +233,17 @@ class Qwen3NextConfig:
 
     # ------------------------------------------------------------------------------- validation
     def validate(self) -> None:
-        """Raise ``ConfigError`` naming the first field that cannot describe a working model."""
-        positive = [
-            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-            "head_dim", "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
-            "linear_value_head_dim", "linear_conv_kernel_dim", "full_attention_interval",
-            "max_position_embeddings", "decoder_sparse_step",
-        ]
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name}: expected a positive integer, found {value!r}")
-        for name in ["num_experts", "num_experts_per_tok", "moe_intermediate_size",
-                     "shared_expert_intermediate_size", "intermediate_size"]:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{name}: expected a non-negative integer, found {value!r}")
+        """Raise ``ConfigError`` naming the first field that cannot describe a working model.
+
+        Types are checked first (:func:`_check_types`, also on construction), then values and the
+        relations between fields."""
+        _check_types(self)
+        for name in _POSITIVE:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a positive integer, found {getattr(self, name)!r}")
+        for name in _NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: expected a non-negative integer, found {getattr(self, name)!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"num_attention_heads: {self.num_attention_heads} query heads cannot be shared evenly "
@@ -268,12 +271,7 @@ class Qwen3NextConfig:
             )
         if not self.rope_theta > 0:
             raise ConfigError(f"rope_theta: expected a positive number, found {self.rope_theta}")
-        if self.rope_type not in ROPE_TYPES:
-            raise ConfigError(
-                f"rope_scaling: rope_type {self.rope_type!r} is not supported; expected one of {ROPE_TYPES}"
-            )
-        if self.rope_type == "yarn" and not (self.rope_scaling or {}).get("factor", 0) > 0:
-            raise ConfigError("rope_scaling: yarn needs a positive 'factor'")
+        _check_rope_scaling(self.rope_scaling)
         if any(self.is_moe_layer(i) for i in range(self.num_hidden_layers)):
             if self.num_experts_per_tok < 1 or self.num_experts_per_tok > self.num_experts:
                 raise ConfigError(
@@ -286,7 +284,7 @@ class Qwen3NextConfig:
         if not all(self.is_moe_layer(i) for i in range(self.num_hidden_layers)) and self.intermediate_size < 1:
             raise ConfigError("intermediate_size: dense MLP layers need a positive width, found 0")
         for i in self.mlp_only_layers:
-            if not isinstance(i, int) or not 0 <= i < self.num_hidden_layers:
+            if not 0 <= i < self.num_hidden_layers:
                 raise ConfigError(f"mlp_only_layers: layer {i!r} is not in 0..{self.num_hidden_layers - 1}")
         if self.hidden_act != "silu":
             raise ConfigError(f"hidden_act: Qwen3-Next uses 'silu', found {self.hidden_act!r}")
@@ -294,6 +292,94 @@ class Qwen3NextConfig:
             raise ConfigError("use_sliding_window: Qwen3-Next has no sliding-window attention, found true")
         if not self.rms_norm_eps > 0:
             raise ConfigError(f"rms_norm_eps: expected a positive number, found {self.rms_norm_eps}")
+        if self.torch_dtype not in TORCH_DTYPES:
+            raise ConfigError(f"torch_dtype: expected one of {TORCH_DTYPES}, found {self.torch_dtype!r}")
+        for name in ("bos_token_id", "eos_token_id"):
+            ids = getattr(self, name)
+            if any(i < 0 for i in (ids if isinstance(ids, list) else [] if ids is None else [ids])):
+                raise ConfigError(f"{name}: expected token ids >= 0, found {ids!r}")
+
+
+_POSITIVE = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "head_dim", "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+    "linear_value_head_dim", "linear_conv_kernel_dim", "full_attention_interval",
+    "max_position_embeddings", "decoder_sparse_step",
+)
+_NON_NEGATIVE = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size",
+                 "intermediate_size")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true is not 1
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _is_list_of(check):
+    return lambda v: isinstance(v, list) and all(check(x) for x in v)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+# every annotation of a Qwen3NextConfig field -> (what the message says is expected, the check)
+_TYPE_CHECKS: dict[str, tuple[str, Any]] = {
+    "int": ("an integer", _is_int),
+    "float": ("a finite number", _is_number),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", _is_str),
+    "str | None": ("a string or null", lambda v: v is None or _is_str(v)),
+    "dict | None": ("an object or null", lambda v: v is None or isinstance(v, dict)),
+    "int | None": ("an integer or null", lambda v: v is None or _is_int(v)),
+    "int | list[int] | None": ("an integer, a list of integers or null",
+                               lambda v: v is None or _is_int(v) or _is_list_of(_is_int)(v)),
+    "list[int]": ("a list of integers", _is_list_of(_is_int)),
+    "list[str]": ("a list of strings", _is_list_of(_is_str)),
+    "list[str] | None": ("a list of strings or null", lambda v: v is None or _is_list_of(_is_str)(v)),
+}
+
+
+def _check_types(cfg: Qwen3NextConfig) -> None:
+    """Every field has the JSON type its annotation says (``"1e7"`` is not a number, ``true`` not an integer)."""
+    for f in dataclasses.fields(cfg):
+        expected, check = _TYPE_CHECKS[f.type]
+        value = getattr(cfg, f.name)
+        if not check(value):
+            raise ConfigError(f"{f.name}: expected {expected}, found {value!r} ({type(value).__name__})")
+
+
+# the rope_scaling keys the rotary embedding reads, with their types
+_ROPE_SCALING_KEYS: dict[str, tuple[str, Any]] = {
+    "rope_type": ("a string", _is_str),
+    "type": ("a string", _is_str),
+    "factor": ("a positive number", lambda v: _is_number(v) and v > 0),
+    "original_max_position_embeddings": ("a positive integer", lambda v: _is_int(v) and v > 0),
+    "beta_fast": ("a number or null", lambda v: v is None or _is_number(v)),
+    "beta_slow": ("a number or null", lambda v: v is None or _is_number(v)),
+    "mscale": ("a number or null", lambda v: v is None or _is_number(v)),
+    "mscale_all_dim": ("a number or null", lambda v: v is None or _is_number(v)),
+    "attention_factor": ("a number or null", lambda v: v is None or _is_number(v)),
+    "truncate": ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def _check_rope_scaling(scaling: dict | None) -> None:
+    if scaling is None:
+        return
+    for key, (expected, check) in _ROPE_SCALING_KEYS.items():
+        if key in scaling and not check(scaling[key]):
+            raise ConfigError(f"rope_scaling: {key!r}: expected {expected}, found {scaling[key]!r}")
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise ConfigError(f"rope_scaling: rope_type {rope_type!r} is not supported; expected one of {ROPE_TYPES}")
+    if rope_type == "yarn":
+        for key in ("factor", "original_max_position_embeddings"):
+            if scaling.get(key) is None:
+                raise ConfigError(f"rope_scaling: yarn needs {key!r}, found keys {sorted(scaling)}")
 
 
 def _from_rope_parameters(rope: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from torch import nn
 
 from .config import Qwen3NextConfig
 from .delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule, recurrent_gated_delta_step
+from .linear import Linear
 from .norms import RMSNormGated
 
 __all__ = [
@@ -49,19 +50,23 @@ def causal_conv1d(
     Returns ``y`` (B, C, T) (no activation) and the new state: the last K columns of ``[state, x]``.
     Computed in the weight's dtype and cast back to ``x``'s, like the reference.
     """
-    if x.dim() != 3:
-        raise ValueError(f"x: expected (B, C, T), found shape {_shape(x)}")
-    B, C, T = x.shape
-    if weight.dim() != 2 or weight.shape[0] != C:
-        raise ValueError(f"weight: expected (C, K) with C = {C}, found shape {_shape(weight)}")
-    K = weight.shape[1]
+    _check_conv_inputs(x, weight, state)
+    (B, C, T), K = x.shape, weight.shape[1]
     if state is None:
         state = x.new_zeros(B, C, K)
-    elif state.shape != (B, C, K):
-        raise ValueError(f"state: expected (B, C, K) = {(B, C, K)}, found shape {_shape(state)}")
     window = torch.cat([state.to(x.dtype), x], dim=-1)  # (B, C, K + T)
     y = F.conv1d(window.to(weight.dtype), weight.unsqueeze(1), groups=C)[..., -T:]  # (B, C, T)
     return y.to(x.dtype), window[..., -K:].clone()
+
+
+def _check_conv_inputs(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor | None) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"x: expected (B, C, T), found shape {_shape(x)}")
+    B, C, _ = x.shape
+    if weight.dim() != 2 or weight.shape[0] != C:
+        raise ValueError(f"weight: expected (C, K) with C = {C}, found shape {_shape(weight)}")
+    if state is not None and state.shape != (B, C, weight.shape[1]):
+        raise ValueError(f"state: expected (B, C, K) = {(B, C, weight.shape[1])}, found shape {_shape(state)}")
 
 
 def causal_conv1d_step(x_t: torch.Tensor, weight: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -93,17 +98,25 @@ class DeltaNetState:
         self.conv_state = None
         self.recurrent_state = None
 
-    def select(self, batch_index) -> None:
-        """Keep (and reorder) the batch rows ``batch_index`` (a list or LongTensor), in place."""
+    def reorder(self, batch_index) -> None:
+        """The batch becomes rows ``batch_index`` (a list or 1-D LongTensor, repeats allowed), in place."""
+        if self.is_empty:
+            return
+        index = self._check_rows(batch_index)
         for name in ("conv_state", "recurrent_state"):
             t = getattr(self, name)
             if t is not None:
-                index = torch.as_tensor(batch_index, dtype=torch.long, device=t.device)
-                if index.dim() != 1:
-                    raise ValueError(f"batch_index: expected a 1-D list of rows, found shape {_shape(index)}")
-                if index.numel() and (index.min() < 0 or index.max() >= t.shape[0]):
-                    raise IndexError(f"batch_index: rows must be in 0..{t.shape[0] - 1}, found {index.tolist()}")
-                setattr(self, name, t.index_select(0, index))
+                setattr(self, name, t.index_select(0, index.to(t.device)))
+
+    def _check_rows(self, batch_index) -> torch.Tensor:
+        """``batch_index`` as a 1-D LongTensor of existing rows, or a clear error."""
+        batch = (self.conv_state if self.conv_state is not None else self.recurrent_state).shape[0]
+        index = torch.as_tensor(batch_index, dtype=torch.long)
+        if index.dim() != 1:
+            raise ValueError(f"batch_index: expected a 1-D list of rows, found shape {_shape(index)}")
+        if index.numel() and (index.min() < 0 or index.max() >= batch):
+            raise IndexError(f"batch_index: rows must be in 0..{batch - 1}, found {index.tolist()}")
+        return index
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.conv_state, self.recurrent_state) if t is not None)
@@ -136,30 +149,26 @@ class GatedDeltaNet(nn.Module):
         self.conv_kernel_size = config.linear_conv_kernel_dim
         self.chunk_size = 64
 
-        self.in_proj_qkvz = nn.Linear(self.hidden_size, 2 * self.key_dim + 2 * self.value_dim, bias=False)
-        self.in_proj_ba = nn.Linear(self.hidden_size, 2 * self.num_v_heads, bias=False)
+        self.in_proj_qkvz = Linear(self.hidden_size, 2 * self.key_dim + 2 * self.value_dim, bias=False)
+        self.in_proj_ba = Linear(self.hidden_size, 2 * self.num_v_heads, bias=False)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.conv_kernel_size, groups=self.conv_dim,
                                 padding=self.conv_kernel_size - 1, bias=False)
-        self.dt_bias = nn.Parameter(torch.ones(self.num_v_heads))  # (Hv,)
+        self.dt_bias = nn.Parameter(torch.empty(self.num_v_heads))  # (Hv,)
         self.A_log = nn.Parameter(torch.empty(self.num_v_heads))  # (Hv,)
         self.norm = RMSNormGated(self.head_v_dim, eps=config.rms_norm_eps)
-        self.out_proj = nn.Linear(self.value_dim, self.hidden_size, bias=False)
-        self.reset_parameters(config.initializer_range)
+        self.out_proj = Linear(self.value_dim, self.hidden_size, bias=False)
+        self.reset_parameters()  # the projections and the conv start as torch's layers do, like the reference's
 
     @torch.no_grad()
-    def reset_parameters(self, std: float = 0.02) -> None:
-        """The reference's initialisation: N(0, std) projections and conv, dt_bias = 1,
-        A = exp(A_log) uniform in [0.01, 16] (so each head starts with its own forgetting speed)."""
-        if self.A_log.is_meta:  # shapes only: nothing to fill (and normal_ on meta is slow to set up)
-            return
-        for layer in (self.in_proj_qkvz, self.in_proj_ba, self.conv1d, self.out_proj):
-            layer.weight.normal_(0.0, std)
+    def reset_parameters(self) -> None:
+        """The reference's start for this layer's own parameters: ``dt_bias = 1`` and
+        ``A = exp(A_log)`` uniform in [0.01, 16], so each head starts with its own forgetting speed
+        (the lower bound keeps ``log A`` finite)."""
         self.dt_bias.fill_(1.0)
-        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0.01, 16).log())
-        self.norm.weight.fill_(1.0)
+        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0.01, 16).log_())
 
     def split_projections(self, qkvz: torch.Tensor, ba: torch.Tensor):
-        """De-interleave the fused projections (SPEC section 2).
+        """De-interleave the fused projections (the book's reference page, "The blocks, exactly").
 
         ``qkvz`` (B, T, Hk * (2Dk + 2rDv)) holds, per key head, ``[q | k | v of its r value heads | z of
         them]``; ``ba`` (B, T, 2Hv) holds, per key head, ``[b of its r value heads | a of them]``.
@@ -188,49 +197,65 @@ class GatedDeltaNet(nn.Module):
     ) -> torch.Tensor:
         """x (B, T, hidden) -> (B, T, hidden). ``attention_mask`` (B, T): 1 = token, 0 = padding (padded
         inputs are zeroed first, as in the reference). ``cache`` is continued from and updated in place."""
-        if x.dim() != 3 or x.shape[-1] != self.hidden_size:
-            raise ValueError(f"x: expected (B, T, {self.hidden_size}), found shape {_shape(x)}")
+        self._check_forward_inputs(x, attention_mask, cache)
         B, T, _ = x.shape
         if attention_mask is not None:
-            if attention_mask.shape != (B, T):
-                raise ValueError(
-                    f"attention_mask: expected the padding mask of the new tokens (B, T) = {(B, T)}, "
-                    f"found shape {_shape(attention_mask)}"
-                )
             x = (x * attention_mask[:, :, None]).to(x.dtype)
-        if cache is not None and not isinstance(cache, DeltaNetState):
-            raise TypeError(f"cache: expected a DeltaNetState, found {type(cache).__name__}")
-        conv_state = cache.conv_state if cache is not None else None
-        h = cache.recurrent_state if cache is not None else None
-        if h is not None and h.shape[0] != B:
-            raise ValueError(f"cache: holds a batch of {h.shape[0]} sequences, x has {B}")
-
         q, k, v, z, b, a = self.split_projections(self.in_proj_qkvz(x), self.in_proj_ba(x))
-        # the short conv runs over [q | k | v] (all heads flattened), channels first
+        q, k, v = self.short_conv(q, k, v, cache)  # (B, T, Hk, Dk), (B, T, Hk, Dk), (B, T, Hv, Dv)
+        beta, g = self.gates(b, a)
+        o = self.delta_rule(q, k, v, g, beta, cache)  # (B, T, Hv, Dv)
+        o = self.norm(o, z)  # per value head, gated by z
+        return self.out_proj(o.reshape(B, T, self.value_dim))
+
+    def short_conv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: DeltaNetState | None):
+        """The causal depthwise conv over ``[q | k | v]`` (all heads side by side), then SiLU.
+
+        Continues from ``cache.conv_state`` and stores the new window there; returns q, k, v in heads."""
+        B, T = q.shape[:2]
         qkv = torch.cat([q.reshape(B, T, -1), k.reshape(B, T, -1), v.reshape(B, T, -1)], dim=-1).transpose(1, 2)
-        if conv_state is not None and T == 1:  # decoding: slide the conv window by one, in place
-            qkv = causal_conv1d_step(qkv[..., 0], self.conv1d.weight.squeeze(1), conv_state).unsqueeze(-1)
-            new_conv_state = conv_state
+        weight = self.conv1d.weight.squeeze(1)  # (conv_dim, K)
+        state = None if cache is None else cache.conv_state
+        if state is not None and T == 1:  # decoding: slide the conv window by one, in place
+            qkv = causal_conv1d_step(qkv[..., 0], weight, state).unsqueeze(-1)
         else:
-            qkv, new_conv_state = causal_conv1d(qkv, self.conv1d.weight.squeeze(1), conv_state)  # (B, conv_dim, T)
+            qkv, state = causal_conv1d(qkv, weight, state)  # (B, conv_dim, T)
+        if cache is not None:
+            cache.conv_state = state
         qkv = F.silu(qkv).transpose(1, 2)  # (B, T, conv_dim)
         q, k, v = torch.split(qkv, [self.key_dim, self.key_dim, self.value_dim], dim=-1)
-        q = q.reshape(B, T, self.num_k_heads, self.head_k_dim)
-        k = k.reshape(B, T, self.num_k_heads, self.head_k_dim)
-        v = v.reshape(B, T, self.num_v_heads, self.head_v_dim)
-        beta, g = self.gates(b, a)
+        return (q.reshape(B, T, self.num_k_heads, self.head_k_dim), k.reshape(B, T, self.num_k_heads, self.head_k_dim),
+                v.reshape(B, T, self.num_v_heads, self.head_v_dim))
 
-        if h is not None and T == 1:  # decoding: one step of the recurrence, on the cached state in place
+    def delta_rule(self, q, k, v, g, beta, cache: DeltaNetState | None) -> torch.Tensor:
+        """The gated delta rule with L2-normalised q and k: (B, T, Hv, Dv).
+
+        Continues from ``cache.recurrent_state`` and stores the new state there (float32)."""
+        h = None if cache is None else cache.recurrent_state
+        if h is not None and q.shape[1] == 1:  # decoding: one step of the recurrence, on the cached state in place
             h = h if h.dtype == torch.float32 and h.is_contiguous() else h.float().contiguous()
             o = recurrent_gated_delta_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], h).unsqueeze(1)
         else:
             o, h = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size, initial_state=h,
                                           output_final_state=cache is not None, use_qk_l2norm_in_kernel=True)
         if cache is not None:
-            cache.conv_state, cache.recurrent_state = new_conv_state, h
+            cache.recurrent_state = h
+        return o
 
-        o = self.norm(o, z)  # (B, T, Hv, Dv): per value head, gated by z
-        return self.out_proj(o.reshape(B, T, self.value_dim))
+    def _check_forward_inputs(self, x, attention_mask, cache) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"x: expected (B, T, {self.hidden_size}), found shape {_shape(x)}")
+        B, T, _ = x.shape
+        if attention_mask is not None and attention_mask.shape != (B, T):
+            raise ValueError(
+                f"attention_mask: expected the padding mask of the new tokens (B, T) = {(B, T)}, "
+                f"found shape {_shape(attention_mask)}"
+            )
+        if cache is not None and not isinstance(cache, DeltaNetState):
+            raise TypeError(f"cache: expected a DeltaNetState, found {type(cache).__name__}")
+        h = None if cache is None else cache.recurrent_state
+        if h is not None and h.shape[0] != B:
+            raise ValueError(f"cache: holds a batch of {h.shape[0]} sequences, x has {B}")
 
     def extra_repr(self) -> str:
         return (f"layer_idx={self.layer_idx}, key_heads={self.num_k_heads}x{self.head_k_dim}, "

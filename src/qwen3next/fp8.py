@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CONFIG_FILE, INDEX_FILE, SCALE_SUFFIX, open_checkpoint, read_header
+from .checkpoint import CONFIG_FILE, INDEX_FILE, open_checkpoint
+from .hub_layout import SCALE_SUFFIX
+from .safetensors_file import read_header
 
 FP8_MAX = 448.0  # largest finite e4m3 value
 

@@ -68,7 +68,7 @@ def next_token(
 
 
 # ---------------------------------------------------------------------------------- checking
-def _check_settings(temperature, top_k, top_p, min_p, max_new_tokens) -> None:
+def _check_inputs(input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, min_p) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected a non-negative integer, found {max_new_tokens!r}")
     if not temperature >= 0.0:
@@ -79,6 +79,7 @@ def _check_settings(temperature, top_k, top_p, min_p, max_new_tokens) -> None:
         raise ValueError(f"top_p: expected a value in (0, 1] (1 turns it off), found {top_p!r}")
     if not 0.0 <= min_p <= 1.0:
         raise ValueError(f"min_p: expected a value in [0, 1] (0 turns it off), found {min_p!r}")
+    _check_prompt(input_ids, attention_mask)
 
 
 def _eos_ids(eos_token_id, device) -> torch.Tensor | None:
@@ -128,8 +129,7 @@ def stream(
     first end-of-sequence id, as the reference does); the iterator stops when every row has finished or
     after ``max_new_tokens`` steps.
     """
-    _check_settings(temperature, top_k, top_p, min_p, max_new_tokens)
-    _check_prompt(input_ids, attention_mask)
+    _check_inputs(input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, min_p)
     device = input_ids.device
     eos = _eos_ids(eos_token_id, device)
     if pad_token_id is None and eos is not None:

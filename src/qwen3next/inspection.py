@@ -11,8 +11,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import COMPONENTS, component_of, open_checkpoint
+from .checkpoint import open_checkpoint
 from .config import Qwen3NextConfig
+from .hub_layout import COMPONENTS, component_of
 
 __all__ = ["Summary", "describe", "human_bytes", "format_summary"]
 

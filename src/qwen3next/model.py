@@ -22,40 +22,22 @@ checkpointing, tensor/pipeline parallel plans, and heads other than the causal L
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import GatedAttention
 from .cache import HybridCache
 from .checkpoint import open_checkpoint
 from .config import Qwen3NextConfig
+from .decoder_layer import DecoderLayer
 from .deltanet import GatedDeltaNet
-from .moe import MLP, SparseMoeBlock, load_balancing_loss
+from .linear import Linear
+from .moe import load_balancing_loss
 from .norms import RMSNorm, RMSNormGated
 from .rope import RotaryEmbedding
 from .weights import load_weights
-
-
-@contextmanager
-def _skip_default_init():
-    """Build ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Embedding`` without their default random fill.
-
-    Their parameters are left uninitialised until ``Qwen3NextForCausalLM.init_weights`` fills every one
-    of them (the same trick as ``transformers``' ``no_init_weights``).
-    """
-    classes = (nn.Linear, nn.Conv1d, nn.Embedding)
-    saved = [cls.reset_parameters for cls in classes]
-    try:
-        for cls in classes:
-            cls.reset_parameters = lambda self: None
-        yield
-    finally:
-        for cls, fn in zip(classes, saved, strict=True):
-            cls.reset_parameters = fn
 
 
 @dataclass
@@ -68,47 +50,6 @@ class CausalLMOutput:
     aux_loss: torch.Tensor | None = None  # load-balancing loss, when router logits are asked for
     router_logits: tuple[torch.Tensor, ...] | None = None  # one (B*T, E) per MoE layer
     hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings, then each layer's output
-
-
-class DecoderLayer(nn.Module):
-    """Pre-norm residual block: a token mixer (DeltaNet or attention), then a channel mixer (MoE)."""
-
-    def __init__(self, config: Qwen3NextConfig, layer_idx: int):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.layer_type = config.layer_types[layer_idx]
-        if self.layer_type == "linear_attention":
-            self.linear_attn = GatedDeltaNet(config, layer_idx)
-        else:
-            self.self_attn = GatedAttention(config, layer_idx)
-        if config.is_moe_layer(layer_idx):
-            self.mlp = SparseMoeBlock(config)
-        else:  # a layer listed in mlp_only_layers: a plain SwiGLU MLP
-            self.mlp = MLP(config.hidden_size, config.intermediate_size)
-        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-
-    def forward(
-        self,
-        x: torch.Tensor,  # (B, T, H)
-        cos: torch.Tensor | None,  # (B, T, rotary_dim), used by attention layers only
-        sin: torch.Tensor | None,
-        attention_mask: torch.Tensor | None = None,  # (B, past + T) padding mask, or None
-        cache=None,  # this layer's KVCache / DeltaNetState, or None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h = self.input_layernorm(x)
-        if self.layer_type == "linear_attention":
-            # a recurrent layer only needs to know which of the *new* tokens are padding
-            new_mask = None if attention_mask is None else attention_mask[:, -x.shape[1]:]
-            h = self.linear_attn(h, attention_mask=new_mask, cache=cache)
-        else:
-            h = self.self_attn(h, cos, sin, attention_mask=attention_mask, cache=cache)
-        x = x + h
-        h = self.mlp(self.post_attention_layernorm(x))
-        router_logits = None
-        if isinstance(h, tuple):  # the MoE block also returns its router logits (B*T, E)
-            h, router_logits = h
-        return x + h, router_logits
 
 
 class Qwen3NextModel(nn.Module):
@@ -132,10 +73,11 @@ class Qwen3NextModel(nn.Module):
         output_hidden_states: bool = False,
         return_router_logits: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        self._check_forward_inputs(input_ids if inputs_embeds is None else inputs_embeds, attention_mask, cache)
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         B, T, _ = x.shape
         past = 0 if cache is None else cache.seq_len
-        mask = self._padding_mask(attention_mask, cache, B, T, past, x.device)  # (B, past + T) or None
+        mask = self._padding_mask(attention_mask, cache, T, x.device)  # (B, past + T) or None
         if position_ids is None:
             position_ids = self._positions(mask, B, T, past, x.device)  # (B, T)
         cos, sin = (None, None)
@@ -152,20 +94,24 @@ class Qwen3NextModel(nn.Module):
         return self.norm(x), hidden_states, router_logits
 
     @staticmethod
-    def _padding_mask(attention_mask, cache, B, T, past, device):
-        """The 2-D padding mask over all tokens, or None when nothing is padding."""
-        if cache is not None:
-            if cache.batch_size != B:
-                raise ValueError(f"cache: built for batch size {cache.batch_size}, but input_ids has {B} rows")
-            return cache.extend_mask(attention_mask, T, device)
-        if attention_mask is None:
-            return None
-        if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] != T:
+    def _check_forward_inputs(tokens: torch.Tensor, attention_mask, cache) -> None:
+        B, T = tokens.shape[:2]
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"cache: built for batch size {cache.batch_size}, but input_ids has {B} rows")
+        if cache is None and attention_mask is not None and tuple(attention_mask.shape) != (B, T):
             raise ValueError(
                 f"attention_mask: expected shape ({B}, {T}) (1 = real token, 0 = padding), "
                 f"found {tuple(attention_mask.shape)}"
             )
-        return None if bool(attention_mask.all()) else attention_mask.to(torch.long)
+
+    @staticmethod
+    def _padding_mask(attention_mask, cache, T, device):
+        """The 2-D padding mask over all tokens, or None when nothing is padding."""
+        if cache is not None:  # the cache keeps the mask of the earlier tokens
+            return cache.extend_mask(attention_mask, T, device)
+        if attention_mask is None or bool(attention_mask.all()):
+            return None
+        return attention_mask.to(torch.long)
 
     @staticmethod
     def _positions(mask, B, T, past, device):
@@ -184,56 +130,52 @@ class Qwen3NextForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             raise ValueError("tie_word_embeddings: Qwen3-Next has an untied lm_head; found true")
         self.config = config
-        # torch's default initialisation would be thrown away by ours: skip it (the full model has
-        # 73,728 expert projections, and filling each twice is most of the construction time)
-        with _skip_default_init():
+        device = torch.get_default_device()
+        # shapes first, on the meta device (no memory, no random fill), then storage, then one fill
+        with torch.device("meta"):
             self.model = Qwen3NextModel(config)
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
             if mtp:  # the checkpoint's multi-token-prediction head (qwen3next.mtp), keys mtp.*
                 from .mtp import MultiTokenPredictor
 
                 self.mtp = MultiTokenPredictor(config)
-        self.init_weights()
+        if device.type != "meta":
+            self.to_empty(device=device)
+            self.init_weights()
 
     # -------------------------------------------------------------------------------- weights
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Fill every parameter as the reference does; nothing to fill on the meta device."""
+        """Fill every parameter (and the RoPE buffer) as the reference does; nothing to fill on meta."""
         if self.lm_head.weight.is_meta:
             return
         filled = set()
 
         def init(module):
             if self._init_weights(module):
-                filled.update(id(p) for p in module.parameters(recurse=False))
+                filled.update(id(t) for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)))
 
         self.apply(init)  # children before parents, like the reference's post_init
-        # construction skipped torch's default fill, so a parameter we do not know would hold garbage
-        missed = [name for name, p in self.named_parameters() if id(p) not in filled]
+        # storage comes from to_empty: a tensor we know no rule for would hold whatever was in memory
+        missed = [name for name, t in (*self.named_parameters(), *self.named_buffers()) if id(t) not in filled]
         if missed:
             raise RuntimeError(f"init_weights: no initialisation rule for parameters {missed[:5]}")
 
-    @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> bool:
         """The reference's random initialisation (``Qwen3NextPreTrainedModel._init_weights``).
 
-        Fills ``module``'s own parameters; returns whether it knew how.
+        Fills ``module``'s own parameters; returns whether it knew how. Every matrix is drawn from
+        N(0, ``initializer_range``) (not torch's default for the layer); the norms, the DeltaNet's
+        ``dt_bias`` and ``A_log`` and the RoPE frequencies start as their modules define.
         """
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv1d)):
-            module.weight.normal_(0.0, std)
-            if module.bias is not None:
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Embedding)):
+            module.weight.normal_(0.0, self.config.initializer_range)
+            if getattr(module, "bias", None) is not None:
                 module.bias.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.normal_(0.0, std)
-        elif isinstance(module, RMSNorm):
-            module.weight.zero_()  # gain 1 + w starts at 1
-        elif isinstance(module, RMSNormGated):
-            module.weight.fill_(1.0)  # plain gain starts at 1
-        elif isinstance(module, GatedDeltaNet):
-            module.dt_bias.fill_(1.0)
-            # decay rates A spread over [0.01, 16]; the lower bound keeps log(A) finite
-            module.A_log.copy_(torch.empty_like(module.A_log).uniform_(0.01, 16).log_())
+        elif isinstance(module, (RMSNorm, RMSNormGated, GatedDeltaNet)):
+            module.reset_parameters()
+        elif isinstance(module, RotaryEmbedding):
+            module.reset_inv_freq()
         else:
             return False
         return True
@@ -256,9 +198,8 @@ class Qwen3NextForCausalLM(nn.Module):
         return model
 
     def new_cache(self, batch_size: int = 1) -> HybridCache:
-        """An empty hybrid cache for ``batch_size`` rows, on this model's device."""
-        p = self.lm_head.weight
-        return HybridCache.for_config(self.config, batch_size, device=p.device, dtype=p.dtype)
+        """An empty hybrid cache for ``batch_size`` rows (its tensors come with the first forward pass)."""
+        return HybridCache.for_config(self.config, batch_size)
 
     # -------------------------------------------------------------------------------- forward
     def forward(
@@ -281,9 +222,7 @@ class Qwen3NextForCausalLM(nn.Module):
         ``output_router_logits``: also return each MoE layer's router logits and the load-balancing loss.
         ``logits_to_keep``: if > 0, only the last that many positions go through ``lm_head``.
         """
-        input_ids, inputs_embeds = self._check_inputs(input_ids, inputs_embeds, position_ids)
-        if labels is not None and logits_to_keep:
-            raise ValueError("labels: the loss needs the logits of every position; do not pass logits_to_keep")
+        self._check_forward_inputs(input_ids, inputs_embeds, position_ids, labels, logits_to_keep)
         if output_router_logits is None:
             output_router_logits = self.config.output_router_logits
         hidden, hidden_states, router_logits = self.model(
@@ -293,54 +232,59 @@ class Qwen3NextForCausalLM(nn.Module):
         )
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)  # (B, T, V)
-
-        out = CausalLMOutput(logits=logits, cache=cache)
+        out = CausalLMOutput(logits=self.lm_head(hidden), cache=cache)  # logits (B, T, V)
         if output_hidden_states:
             out.hidden_states = tuple(hidden_states)
         if output_router_logits:
             out.router_logits = tuple(router_logits)
-            T = hidden_states[0].shape[1]
-            token_mask = None if attention_mask is None else attention_mask[:, -T:]
-            out.aux_loss = load_balancing_loss(
-                out.router_logits, self.config.num_experts, self.config.num_experts_per_tok, token_mask
-            )
+            out.aux_loss = self._aux_loss(out.router_logits, attention_mask, hidden_states[0].shape[1])
         if labels is not None:
-            # predict token t+1 from position t; -100 marks positions that do not count
-            out.loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
-            )
-            if output_router_logits and out.aux_loss is not None:
-                out.loss = out.loss + self.config.router_aux_loss_coef * out.aux_loss
+            out.loss = self._loss(out.logits, labels, out.aux_loss)
         return out
 
-    def _check_inputs(self, input_ids, inputs_embeds, position_ids):
+    def _aux_loss(self, router_logits, attention_mask, T: int) -> torch.Tensor:
+        """The load-balancing loss over the new tokens' router rows (padding excluded)."""
+        token_mask = None if attention_mask is None else attention_mask[:, -T:]
+        return load_balancing_loss(router_logits, self.config.num_experts, self.config.num_experts_per_tok, token_mask)
+
+    def _loss(self, logits, labels, aux_loss) -> torch.Tensor:
+        """Next-token cross-entropy (position t predicts token t + 1; -100 marks positions that do not
+        count), plus ``router_aux_loss_coef`` times the load-balancing loss when it was computed."""
+        loss = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
+        )
+        return loss if aux_loss is None else loss + self.config.router_aux_loss_coef * aux_loss
+
+    def _check_forward_inputs(self, input_ids, inputs_embeds, position_ids, labels, logits_to_keep) -> None:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids (B, T) and inputs_embeds (B, T, H)")
         if input_ids is not None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids: expected shape (B, T), found {tuple(input_ids.shape)}")
-            if input_ids.dtype not in (torch.long, torch.int32, torch.int64):
-                raise ValueError(f"input_ids: expected integer token ids, found dtype {input_ids.dtype}")
-            if input_ids.device.type != "meta" and input_ids.numel():
-                lo, hi = int(input_ids.min()), int(input_ids.max())
-                if lo < 0 or hi >= self.config.vocab_size:
-                    raise ValueError(
-                        f"input_ids: token ids must be in 0..{self.config.vocab_size - 1} (vocab_size), "
-                        f"found {lo}..{hi}"
-                    )
-        else:
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
-                raise ValueError(
-                    f"inputs_embeds: expected shape (B, T, {self.config.hidden_size}), "
-                    f"found {tuple(inputs_embeds.shape)}"
-                )
+            self._check_token_ids(input_ids)
+        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(
+                f"inputs_embeds: expected shape (B, T, {self.config.hidden_size}), "
+                f"found {tuple(inputs_embeds.shape)}"
+            )
         shape = tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
         if position_ids is not None and tuple(position_ids.shape) not in (shape, (1, shape[1])):
             raise ValueError(
                 f"position_ids: expected shape {shape} or (1, {shape[1]}), found {tuple(position_ids.shape)}"
             )
-        return input_ids, inputs_embeds
+        if labels is not None and logits_to_keep:
+            raise ValueError("labels: the loss needs the logits of every position; do not pass logits_to_keep")
+
+    def _check_token_ids(self, input_ids: torch.Tensor) -> None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids: expected shape (B, T), found {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ValueError(f"input_ids: expected integer token ids, found dtype {input_ids.dtype}")
+        if input_ids.device.type != "meta" and input_ids.numel():
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(
+                    f"input_ids: token ids must be in 0..{self.config.vocab_size - 1} (vocab_size), "
+                    f"found {lo}..{hi}"
+                )
 
     # --------------------------------------------------------------------------------- counts
     def num_parameters(self, exclude_embeddings: bool = False) -> int:

@@ -24,14 +24,13 @@ Two dispatch paths compute the same thing (the block's ``dispatch`` attribute pi
   Readable; the same algorithm as the reference's eager path.
 * ``"sorted"`` (default): sort the (token, slot) assignments by expert once, run every hit expert on a
   contiguous slice of the sorted rows, and add its weighted output straight into its tokens' rows
-  (``index_add_``, in float32, expert by expert like the reference's loop). Experts with a
-  single token run as matrix-vector products, which in bfloat16 use PyTorch's native kernel rather
-  than oneDNN's (``matvec_kernels``). One thread, real width, bfloat16 (``benchmarks/bench_moe.py``):
-  about 0.5x the reference's time at 1 and 16 tokens; at 256 tokens about 1.0x its eager loop and
-  1.15x its ``grouped_mm``. There nearly all 512 experts are hit by ~5 rows each, every path reads
-  all their weights once, and the time is the weight streaming of oneDNN's bfloat16 kernel for a few
-  rows (~10 GB/s measured here, against ~20 GB/s for the native kernel on one row, which is slower
-  than oneDNN from two rows on); the reference's fused gate/up matrix is ~8% faster to stream.
+  (``index_add_``, in float32, expert by expert like the reference's loop). With many tokens nearly
+  every expert is hit by a few rows, every path reads all the weights once, and the time is the
+  streaming of the weights through the matmul kernel.
+
+All products go through ``F.linear``. For a single row in bfloat16, PyTorch's own kernel can stream a
+weight matrix faster than oneDNN's on some CPUs, but only a process-wide switch selects it
+(``torch.backends.mkldnn.flags(enabled=False)``), so the block leaves that choice to its caller.
 
 ``experts_grouped`` is a third strategy kept for the chapter's comparison: it stacks the hit experts'
 weights into 3-D tensors and runs one batched matmul over padded token groups. Stacking copies the
@@ -46,12 +45,13 @@ jitter noise, and the fused grouped-GEMM kernels of the reference (``experts_imp
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .linear import Linear
 
 DISPATCHES = ("loop", "sorted", "grouped")
 
@@ -62,9 +62,9 @@ class MLP(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)  # W_g (I, H)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)  # W_u (I, H)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)  # W_d (H, I)
+        self.gate_proj = Linear(hidden_size, intermediate_size, bias=False)  # W_g (I, H)
+        self.up_proj = Linear(hidden_size, intermediate_size, bias=False)  # W_u (I, H)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)  # W_d (H, I)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., H) -> (..., H)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -90,16 +90,20 @@ def route(
     taken over all E experts in float32 (before the top-k, so the kept weights do not sum to 1 unless
     renormalised); ties in the top-k are broken the way ``torch.topk`` breaks them.
     """
-    if router_logits.dim() != 2:
-        raise ValueError(f"router_logits: expected shape (tokens, experts), found {tuple(router_logits.shape)}")
-    num_experts = router_logits.shape[-1]
-    if not 1 <= top_k <= num_experts:
-        raise ValueError(f"top_k: expected 1..{num_experts} (the number of experts), found {top_k}")
+    _check_route_inputs(router_logits, top_k)
     probs = F.softmax(router_logits, dim=-1, dtype=torch.float32)  # (N, E)
     top_p, top_i = torch.topk(probs, top_k, dim=-1)  # (N, k), (N, k)
     if norm_topk_prob:
         top_p = top_p / top_p.sum(dim=-1, keepdim=True)
     return top_p.to(dtype or router_logits.dtype), top_i, probs
+
+
+def _check_route_inputs(router_logits: torch.Tensor, top_k: int) -> None:
+    if router_logits.dim() != 2:
+        raise ValueError(f"router_logits: expected shape (tokens, experts), found {tuple(router_logits.shape)}")
+    num_experts = router_logits.shape[-1]
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(f"top_k: expected 1..{num_experts} (the number of experts), found {top_k}")
 
 
 # ----------------------------------------------------------------------------- dispatch strategies
@@ -118,25 +122,6 @@ def experts_loop(
     return y.to(x.dtype)
 
 
-@contextmanager
-def matvec_kernels(x: torch.Tensor) -> Iterator[None]:
-    """Run bfloat16/float16 products of a single row with PyTorch's own kernel instead of oneDNN's.
-
-    For one row (a matrix-vector product) PyTorch's native half-precision kernel streams the weight
-    matrix about twice as fast as oneDNN's on the CPUs we measured (``benchmarks/bench_moe.py``);
-    for several rows oneDNN is faster. float32 never goes through oneDNN here, so this changes nothing
-    for it. The switch is process-wide while the block runs and is restored afterwards.
-    """
-    if x.dtype not in (torch.bfloat16, torch.float16) or not torch.backends.mkldnn.enabled:
-        yield
-        return
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = True
-
-
 def _sort_by_expert(top_i: torch.Tensor) -> tuple[torch.Tensor, list[int], list[int]]:
     """Order of the N*k assignments grouped by expert, with the hit experts and their group sizes."""
     flat = top_i.reshape(-1)  # (N*k,)
@@ -151,8 +136,7 @@ def experts_sorted(
     """Routed experts after one sort by expert: x (N, H), top_i / top_w (N, k) -> (N, H)."""
     N, k = top_i.shape
     if N == 1:  # decoding one token: its k experts are distinct, nothing to sort
-        with matvec_kernels(x):
-            y = torch.cat([swiglu(x, experts[e]) for e in top_i[0].tolist()]) * top_w[0, :, None]  # (k, H)
+        y = torch.cat([swiglu(x, experts[e]) for e in top_i[0].tolist()]) * top_w[0, :, None]  # (k, H)
         return y.sum(dim=0, keepdim=True, dtype=torch.float32).to(x.dtype)  # (1, H)
     order, hit, counts = _sort_by_expert(top_i)
     token = order // k  # (N*k,) the token of each assignment, in expert order
@@ -163,9 +147,7 @@ def experts_sorted(
     start = 0
     for e, n_e in zip(hit, counts, strict=True):
         rows = slice(start, start + n_e)
-        # an expert that got a single token runs matrix-vector products (see matvec_kernels)
-        with matvec_kernels(x) if n_e == 1 else nullcontext():
-            out = swiglu(x_sorted[rows], experts[e])  # (n_e, H)
+        out = swiglu(x_sorted[rows], experts[e])  # (n_e, H)
         # scatter-add straight into the tokens' rows: no concatenation, no inverse permutation
         y.index_add_(0, token[rows], (out * weight[rows, None]).float())
         start += n_e
@@ -219,10 +201,10 @@ class SparseMoeBlock(nn.Module):
         self.top_k = config.num_experts_per_tok
         self.norm_topk_prob = config.norm_topk_prob
         self.dispatch = dispatch
-        self.gate = nn.Linear(H, E, bias=False)  # W_r (E, H): the router
+        self.gate = Linear(H, E, bias=False)  # W_r (E, H): the router
         self.experts = nn.ModuleList(MLP(H, config.moe_intermediate_size) for _ in range(E))
         self.shared_expert = MLP(H, config.shared_expert_intermediate_size)
-        self.shared_expert_gate = nn.Linear(H, 1, bias=False)  # w_s (1, H)
+        self.shared_expert_gate = Linear(H, 1, bias=False)  # w_s (1, H)
 
     @property
     def dispatch(self) -> str:
@@ -235,6 +217,19 @@ class SparseMoeBlock(nn.Module):
         self._dispatch = value
 
     def forward(self, hidden_states: torch.Tensor, dispatch: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_forward_inputs(hidden_states, dispatch)
+        B, T, H = hidden_states.shape
+        x = hidden_states.reshape(B * T, H)  # (N, H) tokens are independent here
+        router_logits = self.gate(x)  # (N, E)
+        top_w, top_i, _ = route(router_logits, self.top_k, self.norm_topk_prob, dtype=x.dtype)  # (N, k)
+        if x.shape[0] == 0:  # no tokens, nothing to route
+            routed = torch.zeros_like(x)
+        else:
+            routed = _DISPATCH[dispatch or self.dispatch](x, self.experts, top_i, top_w)  # (N, H)
+        shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)  # (N, 1) * (N, H)
+        return (routed + shared).view(B, T, H), router_logits
+
+    def _check_forward_inputs(self, hidden_states: torch.Tensor, dispatch: str | None) -> None:
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.hidden_size:
             raise ValueError(
                 f"hidden_states: expected shape (batch, seq, {self.hidden_size}), found {tuple(hidden_states.shape)}"
@@ -246,38 +241,9 @@ class SparseMoeBlock(nn.Module):
             )
         if dispatch is not None and dispatch not in DISPATCHES:
             raise ValueError(f"dispatch: expected one of {DISPATCHES}, found {dispatch!r}")
-        B, T, H = hidden_states.shape
-        x = hidden_states.reshape(B * T, H)  # (N, H) tokens are independent here
-        dispatch = dispatch or self.dispatch
-        if x.shape[0] == 1 and dispatch != "loop":  # decoding one token: every product is matrix-vector
-            with matvec_kernels(x):
-                return self._forward(x, dispatch, (B, T, H))
-        return self._forward(x, dispatch, (B, T, H))
-
-    def _forward(self, x: torch.Tensor, dispatch: str, shape: tuple[int, int, int]):
-        router_logits = self.gate(x)  # (N, E)
-        top_w, top_i, _ = route(router_logits, self.top_k, self.norm_topk_prob, dtype=x.dtype)  # (N, k)
-        if x.shape[0] == 0:
-            routed = torch.zeros_like(x)
-        else:
-            routed = _DISPATCH[dispatch](x, self.experts, top_i, top_w)  # (N, H)
-        shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)  # (N, 1) * (N, H)
-        y = routed + shared
-        return y.view(shape), router_logits
 
 
 # --------------------------------------------------------------------------- load-balancing loss
-def _as_layers(router_logits) -> list[torch.Tensor]:
-    layers = [router_logits] if isinstance(router_logits, torch.Tensor) else list(router_logits)
-    if not layers:
-        raise ValueError("router_logits: expected one tensor per MoE layer, found none")
-    for i, t in enumerate(layers):
-        if not isinstance(t, torch.Tensor) or t.dim() != 2:
-            found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"router_logits[{i}]: expected a (tokens, experts) tensor, found {found}")
-    return layers
-
-
 def load_balancing_loss(
     router_logits: torch.Tensor | Sequence[torch.Tensor],
     num_experts: int,
@@ -293,17 +259,8 @@ def load_balancing_loss(
     ``router_aux_loss_coef``. Softmax in float32; the reference takes it in the logits' dtype, which
     is the same for float32 logits.
     """
-    layers = _as_layers(router_logits)
-    for i, t in enumerate(layers):
-        if t.shape[-1] != num_experts:
-            raise ValueError(f"router_logits[{i}]: expected {num_experts} experts (last dim), found {t.shape[-1]}")
-    mask = None
-    if attention_mask is not None:
-        mask = attention_mask.reshape(-1).float()  # (N,)
-        if mask.numel() != layers[0].shape[0]:
-            raise ValueError(
-                f"attention_mask: expected {layers[0].shape[0]} entries (B*T, one per router row), found {mask.numel()}"
-            )
+    layers = _check_loss_inputs(router_logits, num_experts, attention_mask)  # one (N, E) tensor per layer
+    mask = None if attention_mask is None else attention_mask.reshape(-1).float()  # (N,)
     counts = torch.zeros(num_experts, dtype=torch.float32, device=layers[0].device)  # sum_t 1[e in topk(t)]
     prob_sum = torch.zeros(num_experts, dtype=torch.float32, device=layers[0].device)  # sum_t p_e(t)
     rows = 0.0
@@ -317,6 +274,25 @@ def load_balancing_loss(
     f = counts / rows  # (E,) fraction of tokens routed to e
     P = prob_sum / rows  # (E,) mean router probability of e
     return num_experts * (f * P).sum()
+
+
+def _check_loss_inputs(router_logits, num_experts: int, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """The router logits as a list of (N, E) tensors, one per layer, or a clear error."""
+    layers = [router_logits] if isinstance(router_logits, torch.Tensor) else list(router_logits)
+    if not layers:
+        raise ValueError("router_logits: expected one tensor per MoE layer, found none")
+    for i, t in enumerate(layers):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"router_logits[{i}]: expected a (tokens, experts) tensor, found {found}")
+        if t.shape[-1] != num_experts:
+            raise ValueError(f"router_logits[{i}]: expected {num_experts} experts (last dim), found {t.shape[-1]}")
+    if attention_mask is not None and attention_mask.numel() != layers[0].shape[0]:
+        raise ValueError(
+            f"attention_mask: expected {layers[0].shape[0]} entries (B*T, one per router row), "
+            f"found {attention_mask.numel()}"
+        )
+    return layers
 
 
 # ------------------------------------------------------------------------------ routing statistics

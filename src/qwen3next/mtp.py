@@ -37,6 +37,8 @@ from torch import nn
 from .attention import KVCache
 from .checkpoint import CheckpointError, mtp_layout
 from .config import Qwen3NextConfig
+from .decoder_layer import DecoderLayer
+from .linear import Linear
 from .norms import RMSNorm
 
 PREFIX = "mtp."
@@ -61,12 +63,10 @@ class MultiTokenPredictor(nn.Module):
 
     def __init__(self, config: Qwen3NextConfig):
         super().__init__()
-        from .model import DecoderLayer  # model.py builds this head, so import it late
-
         H, eps = config.hidden_size, config.rms_norm_eps
         self.pre_fc_norm_embedding = RMSNorm(H, eps=eps)
         self.pre_fc_norm_hidden = RMSNorm(H, eps=eps)
-        self.fc = nn.Linear(2 * H, H, bias=False)  # (H, 2H): [embedding | hidden] -> H
+        self.fc = Linear(2 * H, H, bias=False)  # (H, 2H): [embedding | hidden] -> H
         self.layers = nn.ModuleList([DecoderLayer(mtp_layer_config(config), 0)])
         self.norm = RMSNorm(H, eps=eps)
 

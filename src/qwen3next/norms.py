@@ -25,45 +25,55 @@ def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x.float(), (x.shape[-1],), eps=eps)
 
 
-def _check_last_dim(name: str, x: torch.Tensor, dim: int) -> None:
+def _check_norm_inputs(x: torch.Tensor, dim: int, gate: torch.Tensor | None = None) -> None:
     if x.dim() == 0 or x.shape[-1] != dim:
-        raise ValueError(f"{name}: expected last dimension {dim} (the norm's width), found shape {tuple(x.shape)}")
+        raise ValueError(f"x: expected last dimension {dim} (the norm's width), found shape {tuple(x.shape)}")
+    if gate is not None and gate.shape != x.shape:
+        raise ValueError(f"gate: expected the shape of x {tuple(x.shape)}, found {tuple(gate.shape)}")
 
 
-class RMSNorm(nn.Module):
-    """Zero-centred RMSNorm: the gain is ``1 + weight`` so weight decay pulls it towards 1, not 0."""
+class _RMSNormBase(nn.Module):
+    """What both norms share: a per-channel gain ``weight`` (D,) and ``eps``."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.zeros(dim))  # (D,)
+        self.weight = nn.Parameter(torch.empty(dim))  # (D,)
+        self.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., D)
-        _check_last_dim("x", x, self.weight.shape[0])
-        # scale in float32, then cast: rounding once at the end, as the reference does
-        return (rms_normalize(x, self.eps) * (1.0 + self.weight.float())).type_as(x)
+    def reset_parameters(self) -> None:
+        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}"
 
 
-class RMSNormGated(nn.Module):
+class RMSNorm(_RMSNormBase):
+    """Zero-centred RMSNorm: the gain is ``1 + weight`` so weight decay pulls it towards 1, not 0."""
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The gain ``1 + weight`` starts at 1."""
+        self.weight.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., D)
+        _check_norm_inputs(x, self.weight.shape[0])
+        # scale in float32, then cast: rounding once at the end, as the reference does
+        return (rms_normalize(x, self.eps) * (1.0 + self.weight.float())).type_as(x)
+
+
+class RMSNormGated(_RMSNormBase):
     """RMSNorm with a plain gain followed by a SiLU gate (the DeltaNet output norm)."""
 
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))  # (D,)
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The plain gain starts at 1."""
+        self.weight.fill_(1.0)
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # (..., D), (..., D)
-        _check_last_dim("x", x, self.weight.shape[0])
-        if gate.shape != x.shape:
-            raise ValueError(f"gate: expected the shape of x {tuple(x.shape)}, found {tuple(gate.shape)}")
+        _check_norm_inputs(x, self.weight.shape[0], gate)
         dtype = x.dtype
         # the normalised value is rounded to the input dtype before the gain, like the reference
         y = self.weight * rms_normalize(x, self.eps).to(dtype)
         y = y * F.silu(gate.float())
         return y.to(dtype)
-
-    def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.eps}"

@@ -77,5 +77,3 @@ def _chars_of_ranges(ranges: str) -> frozenset[str]:
 
 # a set, not a regex: ``isdisjoint(text)`` scans a megabyte in milliseconds
 _NEWER_THAN_UNICODE_16 = _chars_of_ranges(LETTERS_AFTER_UNICODE_16 + " " + DIGITS_AFTER_UNICODE_16)
-
-# U+11938 (DIVES AKURU VOWEL SIGN O) is canonically U+11935 U+11930, but the reference's Unicode tables

@@ -65,9 +65,7 @@ def yarn_inv_freq(theta: float, rotary_dim: int, params: dict[str, Any]) -> tupl
     optional ``beta_fast`` (32), ``beta_slow`` (1), ``attention_factor``, ``mscale``, ``mscale_all_dim``,
     ``truncate`` (True). Returns ``(inv_freq (R/2,), attention_scaling)``.
     """
-    for key in ("factor", "original_max_position_embeddings"):
-        if params.get(key) is None:
-            raise ValueError(f"rope_scaling: yarn needs {key!r}, found keys {sorted(params)}")
+    _check_yarn_params(params)
     factor = float(params["factor"])
     original_max = params["original_max_position_embeddings"]
     beta_fast = params.get("beta_fast") or 32
@@ -98,6 +96,12 @@ def yarn_inv_freq(theta: float, rotary_dim: int, params: dict[str, Any]) -> tupl
     keep = 1 - ramp
     inv_freq = 1.0 / (factor * wavelength_scale) * (1 - keep) + 1.0 / wavelength_scale * keep
     return inv_freq, float(attention_factor)
+
+
+def _check_yarn_params(params: dict[str, Any]) -> None:
+    for key in ("factor", "original_max_position_embeddings"):
+        if params.get(key) is None:
+            raise ValueError(f"rope_scaling: yarn needs {key!r}, found keys {sorted(params)}")
 
 
 def rope_frequencies(config) -> tuple[torch.Tensor, float]:
@@ -136,16 +140,20 @@ class RotaryEmbedding(nn.Module):
         self.inv_freq = inv_freq.to(self.inv_freq.device)
 
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if position_ids.dim() != 2 or position_ids.is_floating_point():
-            raise ValueError(
-                f"position_ids: expected an integer tensor of shape (B, T), found "
-                f"{position_ids.dtype} of shape {tuple(position_ids.shape)}"
-            )
+        self._check_forward_inputs(position_ids)
         inv_freq = self.inv_freq.to(device=position_ids.device, dtype=torch.float32)
         angles = position_ids[..., None].float() * inv_freq  # (B, T, R/2)
         # NeoX layout: the same angle for dim i and dim i + R/2, so the table is the angles twice
         angles = torch.cat((angles, angles), dim=-1)  # (B, T, R)
         return angles.cos() * self.attention_scaling, angles.sin() * self.attention_scaling
+
+    @staticmethod
+    def _check_forward_inputs(position_ids: torch.Tensor) -> None:
+        if position_ids.dim() != 2 or position_ids.is_floating_point():
+            raise ValueError(
+                f"position_ids: expected an integer tensor of shape (B, T), found "
+                f"{position_ids.dtype} of shape {tuple(position_ids.shape)}"
+            )
 
     def extra_repr(self) -> str:
         scaling = f"{self.attention_scaling:.4f}"
@@ -164,6 +172,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     ``cos``, ``sin``: ``(B, T, R)`` (or ``(1, T, R)``), cast to ``x.dtype`` first, so a bf16 model
     rotates in bf16 exactly like the reference.
     """
+    _check_rotary_inputs(x, cos, sin)
+    rotary_dim = cos.shape[-1]
+    cos = cos.unsqueeze(1).to(x.dtype)  # (B, 1, T, R): the same angles for every head
+    sin = sin.unsqueeze(1).to(x.dtype)
+    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]  # (B, H, T, R), (B, H, T, D - R)
+    x_rot = x_rot * cos + rotate_half(x_rot) * sin
+    return torch.cat((x_rot, x_pass), dim=-1)  # (B, H, T, D)
+
+
+def _check_rotary_inputs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
     if x.dim() != 4:
         raise ValueError(f"x: expected shape (B, H, T, head_dim), found {tuple(x.shape)}")
     if cos.shape != sin.shape or cos.dim() != 3:
@@ -175,8 +193,3 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
         raise ValueError(f"cos: rotary_dim {rotary_dim} must be even and at most head_dim {x.shape[-1]}")
     if cos.shape[1] != x.shape[2]:
         raise ValueError(f"cos: covers {cos.shape[1]} positions but x has {x.shape[2]} (shape {tuple(x.shape)})")
-    cos = cos.unsqueeze(1).to(x.dtype)  # (B, 1, T, R): the same angles for every head
-    sin = sin.unsqueeze(1).to(x.dtype)
-    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]  # (B, H, T, R), (B, H, T, D - R)
-    x_rot = x_rot * cos + rotate_half(x_rot) * sin
-    return torch.cat((x_rot, x_pass), dim=-1)  # (B, H, T, D)

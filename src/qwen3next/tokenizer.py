@@ -251,23 +251,31 @@ class Tokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Token ids -> text. Bytes of all tokens are joined, then UTF-8-decoded with invalid runs -> U+FFFD."""
+        ids = self._checked_ids(ids)
+        id_bytes = self._id_bytes()
+        skip = self.special_ids if skip_special_tokens else frozenset()
+        return b"".join([id_bytes[i] for i in ids if i not in skip]).decode("utf-8", errors="replace")
+
+    def _checked_ids(self, ids: Any) -> list[int]:
+        """What ``decode`` accepts: an id, or a sequence / tensor / array of ids, every one in the vocabulary.
+
+        ``bytes`` (and ``bytearray``, ``memoryview``, ``str``) are refused: iterating them gives byte values or
+        characters, which would silently decode as the wrong ids."""
+        if isinstance(ids, (bytes, bytearray, memoryview, str)):
+            hint = "" if isinstance(ids, str) else "; bytes are encoded text already: use .decode('utf-8')"
+            raise TypeError(f"decode expects token ids (a list of ints or a tensor), got {type(ids).__name__}{hint}")
         if hasattr(ids, "tolist"):  # a tensor or array of ids
             ids = ids.tolist()
-        if isinstance(ids, int):
+        if isinstance(ids, int) and not isinstance(ids, bool):
             ids = [ids]
-        id_bytes = self._id_bytes()
-        n = len(id_bytes)
-        chunks = []
-        for i in ids:
-            if type(i) is not int:
-                i = self._as_id(i)
-            b = id_bytes[i] if 0 <= i < n else None
-            if b is None:
-                raise ValueError(f"token id {i} is not in the vocabulary (ids 0..{self._max_id}, {len(self)} tokens)")
-            if skip_special_tokens and i in self.special_ids:
-                continue
-            chunks.append(b)
-        return b"".join(chunks).decode("utf-8", errors="replace")
+        if not hasattr(ids, "__iter__"):
+            raise TypeError(f"decode expects token ids (a list of ints or a tensor), got {type(ids).__name__}")
+        ids = [i if type(i) is int else self._as_id(i) for i in ids]
+        table = self._id_bytes()
+        bad = next((i for i in ids if not 0 <= i < len(table) or table[i] is None), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} is not in the vocabulary (ids 0..{self._max_id}, {len(self)} tokens)")
+        return ids
 
     # ---------------------------------------------------------------- chat template
 

@@ -26,23 +26,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import (
-    CONFIG_FILE,
-    DTYPES,
-    FLOAT_CODES,
-    FP8_CODES,
-    SCALE_SUFFIX,
-    Checkpoint,
-    CheckpointError,
-    Plan,
-    TensorInfo,
-    check_checkpoint,
-    open_checkpoint,
-    read_tensor,
-)
+from .checkpoint import CONFIG_FILE, Checkpoint, check_checkpoint, open_checkpoint
 from .fp8 import dequantize_fp8
+from .hub_layout import SCALE_SUFFIX
 from .moe import SparseMoeBlock
 from .offload import ExpertStore, OffloadedExperts
+from .safetensors_file import DTYPES, FLOAT_CODES, FP8_CODES, CheckpointError, TensorInfo, read_tensor
 
 __all__ = ["load_weights", "load_mtp", "target_dtype"]
 
@@ -64,17 +53,54 @@ def target_dtype(ckpt: Checkpoint, dtype: torch.dtype | str | None) -> torch.dty
     return getattr(torch, ckpt.config.torch_dtype, torch.bfloat16)
 
 
-def _materialise(info: TensorInfo, raw: torch.Tensor, plan: Plan, dtype: torch.dtype,
-                 scale: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    """The model's copy of one checkpoint tensor, in ``dtype`` on ``device``.
+_CHECK_CHUNK = 1 << 20  # elements copied and checked at a time: the piece is still in cache when it is summed
+
+
+def _materialise(info: TensorInfo, raw: torch.Tensor, block: tuple[int, int], dtype: torch.dtype,
+                 scale: torch.Tensor | None, device: torch.device, check_finite: bool) -> torch.Tensor:
+    """The model's copy of one checkpoint tensor, in ``dtype`` on ``device``, checked finite on the way.
 
     ``safe_open(...).get_tensor`` returns a view of the memory-mapped file, not a copy: its pages are
     read only when touched, and the weight would change (or the process crash) if the file were
-    rewritten. ``copy=True`` gives the model memory of its own, so "load everything" means resident.
+    rewritten. Copying gives the model memory of its own, so "load everything" means resident.
     """
     if info.dtype in FP8_CODES:
-        return dequantize_fp8(raw, scale, plan.checkpoint.fp8_block, dtype).to(device)
-    return raw.to(device=device, dtype=dtype, copy=True)
+        out = dequantize_fp8(raw, scale, block, dtype).to(device)
+        if check_finite and not _sum_is_finite(out):
+            _raise_non_finite(info, out, None, dtype)
+        return out
+    if device.type != "cpu":  # one transfer, then one check on the device
+        out = raw.to(device=device, dtype=dtype, copy=True)
+        if check_finite and not _sum_is_finite(out):
+            _raise_non_finite(info, out, raw, dtype)
+        return out
+    out = torch.empty(raw.shape, dtype=dtype)
+    flat_out, flat_raw = out.view(-1), raw.reshape(-1)
+    for a in range(0, flat_out.numel(), _CHECK_CHUNK):
+        piece = flat_out[a:a + _CHECK_CHUNK]
+        piece.copy_(flat_raw[a:a + _CHECK_CHUNK])
+        if check_finite and not _sum_is_finite(piece):
+            _raise_non_finite(info, out, raw, dtype)
+    return out
+
+
+def _sum_is_finite(t: torch.Tensor) -> bool:
+    """One pass, no temporary: a NaN or an Inf anywhere makes the sum NaN or Inf. (A sum that overflows
+    although every element is finite is re-checked element by element.)"""
+    total = t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+    return bool(total.isfinite()) or bool(torch.isfinite(t).all())
+
+
+def _raise_non_finite(info: TensorInfo, out: torch.Tensor, raw: torch.Tensor | None, dtype: torch.dtype) -> None:
+    """Name the tensor, count its non-finite values and say whether the file or the conversion made them."""
+    bad = ~torch.isfinite(out)
+    first = [int(i) for i in bad.nonzero()[0]] if bad.dim() else []
+    overflow = raw is not None and bool(torch.isfinite(raw.reshape(out.shape)[bad.cpu()]).all())
+    why = (f"finite in the file ({info.dtype}) but beyond the range of {str(dtype).removeprefix('torch.')}"
+           if overflow else "NaN or Inf")
+    raise CheckpointError(f"{info.name!r} in {info.file.name}: {int(bad.sum())} non-finite value"
+                          f"{'s' * (int(bad.sum()) > 1)} ({why}), the first at index {first}; "
+                          f"load with check_finite=False to keep them")
 
 
 def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -114,7 +140,7 @@ def _moe_blocks(model: nn.Module) -> list[tuple[int, nn.Module]]:
 
 def load_weights(model: nn.Module, ckpt: Checkpoint, dtype: torch.dtype | str | None = None,
                  device: str | torch.device = "cpu", offload_experts: bool = False,
-                 expert_cache_size: int | None = None) -> nn.Module:
+                 expert_cache_size: int | None = None, check_finite: bool = True) -> nn.Module:
     """Fill ``model``, built on the meta device from ``ckpt.config``, with the checkpoint's weights.
 
     What ``Qwen3NextForCausalLM.from_pretrained`` calls after building the model. Steps: check every key,
@@ -123,19 +149,18 @@ def load_weights(model: nn.Module, ckpt: Checkpoint, dtype: torch.dtype | str | 
     (default: the checkpoint's), and put each tensor in place. With ``offload_experts`` the routed experts
     are not read: each MoE block gets an :class:`OffloadedExperts` that reads an expert when the router
     picks it, through one LRU cache of ``expert_cache_size`` experts shared by all layers (default: one
-    token's worth, ``num_experts_per_tok`` x the number of MoE layers).
+    token's worth, ``num_experts_per_tok`` x the number of MoE layers). ``check_finite``: refuse a weight
+    holding NaN or Inf (in the file, or made by converting to ``dtype``), checked piece by piece as it is
+    copied.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    device = torch.device(device)
-    target = target_dtype(ckpt, dtype)
+    device, target = _checked_arguments(ckpt, dtype, device, offload_experts, expert_cache_size, check_finite)
     plan = check_checkpoint(ckpt, {k: tuple(v.shape) for k, v in model.state_dict().items()})
 
     skip: set[str] = set()
     if offload_experts:
         blocks = _moe_blocks(model)
-        if not blocks:
-            raise CheckpointError(f"offload_experts: {CONFIG_FILE} describes no MoE layer, nothing to offload")
         n_moe = len(blocks)
         capacity = expert_cache_size if expert_cache_size is not None else ckpt.config.num_experts_per_tok * n_moe
         store = ExpertStore(plan, target, device, capacity)
@@ -152,13 +177,16 @@ def load_weights(model: nn.Module, ckpt: Checkpoint, dtype: torch.dtype | str | 
         names = by_file.get(file, [])
         if not names:
             continue
-        with safe_open(file, framework="pt", device="cpu") as sf:
-            for name in names:
-                info = ckpt.tensors[name]
-                scale = None
-                if info.dtype in FP8_CODES:
-                    scale = read_tensor(plan.scales[name])
-                _set_tensor(model, name, _materialise(info, sf.get_tensor(name), plan, target, scale, device))
+        try:
+            with safe_open(file, framework="pt", device="cpu") as sf:
+                for name in names:
+                    info = ckpt.tensors[name]
+                    scale = read_tensor(plan.scales[name]) if name in plan.scales else None
+                    value = _materialise(info, sf.get_tensor(name), ckpt.fp8_block, target, scale, device,
+                                         check_finite)
+                    _set_tensor(model, name, value)
+        except SafetensorError as err:  # the headers were checked: the file changed since it was opened
+            raise CheckpointError(f"{file.name}: {err}") from err
     _restore_buffers(model, device)
     leftover = [n for n, t in model.state_dict().items() if t.is_meta]
     if leftover:
@@ -166,21 +194,47 @@ def load_weights(model: nn.Module, ckpt: Checkpoint, dtype: torch.dtype | str | 
     return model.eval()
 
 
-def load_mtp(path: str | Path, dtype: torch.dtype | str | None = None) -> dict[str, torch.Tensor]:
-    """The ``mtp.*`` tensors the loader sets aside, read on their own (FP8 ones dequantised)."""
+def _checked_arguments(ckpt: Checkpoint, dtype, device, offload_experts, expert_cache_size,
+                       check_finite) -> tuple[torch.device, torch.dtype]:
+    """Every argument of :func:`load_weights` checked before anything is read: ``(device, dtype)``."""
+    for name, value in (("offload_experts", offload_experts), ("check_finite", check_finite)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: expected True or False, found {value!r}")
+    if expert_cache_size is not None and (isinstance(expert_cache_size, bool) or not isinstance(expert_cache_size, int)
+                                          or expert_cache_size < 1):
+        raise ValueError(f"expert_cache_size: expected a positive number of experts, found {expert_cache_size!r}")
+    if offload_experts and not any(ckpt.config.is_moe_layer(i) for i in range(ckpt.config.num_hidden_layers)):
+        raise CheckpointError(f"offload_experts: {CONFIG_FILE} describes no MoE layer, nothing to offload")
+    return checked_device(device), target_dtype(ckpt, dtype)
+
+
+def checked_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine, else a ValueError naming it."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: {device!r} is not a device (expected cpu, cuda, cuda:1, mps, ...): {err}") from None
+    if device.type == "meta":
+        raise ValueError("device: weights cannot be loaded onto the meta device (it holds no data)")
+    try:
+        torch.empty(0, device=device)
+    except Exception as err:  # no CUDA build, no such GPU index, no MPS: torch says it in many ways
+        raise ValueError(f"device: {str(device)!r} is not available on this machine ({err})") from None
+    return device
+
+
+def load_mtp(path: str | Path, dtype: torch.dtype | str | None = None,
+             check_finite: bool = True) -> dict[str, torch.Tensor]:
+    """The ``mtp.*`` tensors the loader sets aside, read on their own (FP8 ones dequantised; every FP8
+    weight's scale was checked when the checkpoint was opened)."""
     ckpt = open_checkpoint(path)
     target = target_dtype(ckpt, dtype)
+    cpu = torch.device("cpu")
     out = {}
     for name in ckpt.mtp_names():
         if name.endswith(SCALE_SUFFIX):
             continue
         info = ckpt.tensors[name]
-        raw = read_tensor(info)
-        if info.dtype in FP8_CODES:
-            scale_info = ckpt.tensors.get(name + SCALE_SUFFIX)
-            if scale_info is None:
-                raise CheckpointError(f"{name!r} in {info.file.name} is FP8 but {name + SCALE_SUFFIX!r} is missing")
-            out[name] = dequantize_fp8(raw, read_tensor(scale_info), ckpt.fp8_block, target)
-        else:
-            out[name] = raw.to(target)
+        scale = read_tensor(ckpt.tensors[name + SCALE_SUFFIX]) if info.dtype in FP8_CODES else None
+        out[name] = _materialise(info, read_tensor(info), ckpt.fp8_block, target, scale, cpu, check_finite)
     return out

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-from ..accounting import cache_bytes, parameter_counts
+from ..accounting import cache_bytes, deltanet_mixer_params, parameter_counts
 from ..config import Qwen3NextConfig
-from . import check_close, check_equal
+from . import check_close, check_equal, check_function
+
+
+def deltanet_configs() -> list[Qwen3NextConfig]:
+    """The configs a reader's DeltaNet parameter count is tried on: the release, the tiny preset, and
+    variants that change one size at a time (so a formula with a constant typed in fails)."""
+    full = Qwen3NextConfig.full()
+    return [full, Qwen3NextConfig.tiny(), full.replace(linear_num_value_heads=16),
+            full.replace(linear_key_head_dim=64, linear_value_head_dim=96),
+            full.replace(hidden_size=1024, linear_conv_kernel_dim=3)]
+
+
+def check_deltanet_params(fn) -> bool:
+    """A function ``fn(cfg) -> int`` that counts the parameters of one Gated DeltaNet mixer."""
+    cases = [((cfg,), deltanet_mixer_params(cfg)) for cfg in deltanet_configs()]
+    return check_function(fn, cases, "add up in_proj_qkvz, in_proj_ba, the conv weights, A_log and dt_bias, "
+                          "the norm's gain and out_proj; read every size from cfg (linear_num_key_heads, "
+                          "linear_key_head_dim, ...), no number typed in.")
 
 
 def check_active_top20(answer: int) -> bool:
@@ -19,17 +36,3 @@ def check_kv_cache_gib(answer: float) -> bool:
     expected = cache_bytes(Qwen3NextConfig.full(), 131_072, batch_size=4).attention_kv / 2**30
     return check_close(answer, expected, "per token and layer: K and V, 2 KV heads of 256 numbers, 2 bytes "
                        "each; only the 12 attention layers keep a KV cache.")
-
-
-def check_interval2_cache_gib(answer: float) -> bool:
-    """Whole cache (KV + DeltaNet state) at 262,144 tokens, one sequence, if every 2nd layer were attention."""
-    cfg = Qwen3NextConfig.full().replace(full_attention_interval=2)
-    expected = cache_bytes(cfg, 262_144).total / 2**30
-    return check_close(answer, expected, "with full_attention_interval=2 there are 24 attention layers and 24 "
-                       "DeltaNet layers; use qwen3next.accounting.cache_bytes on cfg.replace(...).")
-
-
-def check_routed_fraction(answer: float) -> bool:
-    """Share of all parameters (embedding and head included) that sit in routed experts."""
-    p = parameter_counts(Qwen3NextConfig.full())
-    return check_close(answer, p.routed_experts / p.total, "divide the routed-expert count by the total.", rel=1e-3)

@@ -8,15 +8,39 @@ import torch
 
 from ..config import Qwen3NextConfig
 from ..norms import RMSNorm
-from ..rope import RotaryEmbedding, default_inv_freq
-from . import check_close, check_equal, check_tensor_close
+from ..rope import RotaryEmbedding, apply_rotary, default_inv_freq
+from . import check_close, check_equal, check_function, check_tensor_close
 
 # The YaRN setting the exercises use: the one that stretches the release from 262,144 to ~1M positions.
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 262144}
 
 
+def rotary_cases() -> list[tuple[tuple, torch.Tensor]]:
+    """Inputs for a reader's ``apply_rotary(x, cos, sin)``: partial and full rotation, one and many heads,
+    positions far apart, with the package's answers."""
+    gen = torch.Generator().manual_seed(3)
+    cases = []
+    for (B, H, T, D), R, theta in [((1, 16, 5, 256), 64, 1e7), ((2, 2, 3, 16), 8, 1e4), ((1, 1, 4, 8), 8, 1e4),
+                                   ((1, 3, 6, 32), 16, 1e7)]:
+        x = torch.randn(B, H, T, D, generator=gen)
+        positions = torch.randint(0, 300_000, (B, T), generator=gen).float()
+        angles = positions[..., None] * default_inv_freq(theta, R)  # (B, T, R/2)
+        cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
+        cases.append(((x, cos, sin), apply_rotary(x, cos, sin)))
+    return cases
+
+
+def check_apply_rotary(fn) -> bool:
+    """A function ``fn(x (B, H, T, D), cos, sin (B, T, R)) -> (B, H, T, D)``: partial rotate-half RoPE."""
+    return check_function(fn, rotary_cases(), "rotate only the first R = cos.shape[-1] dims: split them into "
+                          "halves x1, x2, rotate_half gives (-x2, x1), then x * cos + rotate_half(x) * sin "
+                          "(cos, sin need a head axis: unsqueeze(1)); the other D - R dims pass through.",
+                          atol=1e-4)
+
+
 def exercise_norm() -> RMSNorm:
-    """The zero-centred norm of exercise 3.3 (width 8, a seeded weight near 0, like a checkpoint's)."""
+    """The zero-centred norm of the plain-gain exercise (width 8, a seeded weight near 0, like a
+    checkpoint's)."""
     gen = torch.Generator().manual_seed(3)
     norm = RMSNorm(8)
     with torch.no_grad():
@@ -37,15 +61,8 @@ def check_yarn_unchanged_pairs(answer: int) -> bool:
     cfg = Qwen3NextConfig.full()
     yarn = RotaryEmbedding(cfg.replace(rope_scaling=dict(YARN))).inv_freq
     expected = int((yarn == default_inv_freq(cfg.rope_theta, cfg.rotary_dim)).sum())
-    return check_equal(answer, expected, "compare RotaryEmbedding(cfg.replace(rope_scaling=...)).inv_freq with "
-                       "the default inv_freq element by element and count the exact matches.")
-
-
-def check_qk_temperature(answer: float) -> bool:
-    """The factor YaRN multiplies every rotated-part q.k product by (factor 4)."""
-    scaling = RotaryEmbedding(Qwen3NextConfig.full().replace(rope_scaling=dict(YARN))).attention_scaling
-    return check_close(answer, scaling**2, "cos and sin are each multiplied by attention_scaling, and both q and "
-                       "k are rotated with them.", rel=1e-6)
+    return check_equal(answer, expected, "the ramp is 0 for every pair up to `low`; count pairs 0..low, or "
+                       "compare the YaRN inv_freq with the default one element by element.")
 
 
 def check_plain_gain(answer) -> bool:

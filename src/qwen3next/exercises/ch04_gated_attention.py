@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import GatedAttention, KVCache
+from ..attention import GatedAttention
 from ..config import Qwen3NextConfig
-from . import check_equal
-
-
-def check_kv_bytes_per_token(answer: int) -> bool:
-    """Bytes of KV cache one token adds across all attention layers of the release, in bfloat16."""
-    cfg = Qwen3NextConfig.full()
-    cache = KVCache()
-    kv = torch.zeros(1, cfg.num_key_value_heads, 1, cfg.head_dim, dtype=torch.bfloat16)
-    cache.update(kv, kv)
-    expected = cache.nbytes() * cfg.layer_types.count("full_attention")
-    return check_equal(answer, expected, "per layer: K and V, num_key_value_heads x head_dim numbers each, "
-                       "2 bytes per bfloat16; only the full-attention layers keep one.")
+from ..rope import RotaryEmbedding
+from . import UNANSWERED, check_equal, report
 
 
 def check_gate_rows(answer) -> bool:
@@ -43,3 +33,46 @@ def check_attention_params(answer: int) -> bool:
     expected = sum(p.numel() for p in attn.parameters())
     return check_equal(answer, expected, "q_proj is twice as wide as the query (it carries the gate); add "
                        "k_proj, v_proj, o_proj and the two per-head norms of 256.")
+
+
+# (query heads, key/value heads, head size, tokens): GQA 2:1 as in tiny(), 4:1, and one shared KV head
+GQA_CASES = ((4, 2, 16, 7), (8, 2, 8, 5), (4, 1, 16, 6))
+
+
+def _gqa_case(H: int, Hkv: int, D: int, T: int, seed: int):
+    """A layer whose ``o_proj`` is the identity, its inputs ``q, k, v, gate`` and its output."""
+    cfg = Qwen3NextConfig.tiny(num_attention_heads=H, num_key_value_heads=Hkv, head_dim=D, hidden_size=H * D)
+    torch.manual_seed(seed)
+    attn = GatedAttention(cfg, 3, implementation="eager")
+    x = torch.randn(2, T, cfg.hidden_size)
+    cos, sin = RotaryEmbedding(cfg)(torch.arange(T)[None])
+    with torch.no_grad():
+        attn.o_proj.weight.copy_(torch.eye(H * D))  # the layer's output is then the gated attention itself
+        q, k, v, gate = attn.project(x, cos, sin)
+        return (q, k, v, gate), attn(x, cos, sin)
+
+
+def check_gated_gqa(fn) -> bool:
+    """``fn(q, k, v, gate)`` -> the gated attention output before ``o_proj``, ``(B, T, H * D)``.
+
+    ``q (B, H, T, D)`` and ``k, v (B, Hkv, T, D)`` come normed and rotated; ``gate (B, T, H * D)``.
+    """
+    hint = ("query head h reads key/value head h // (H / Hkv) (repeat_interleave the KV heads); causal "
+            "softmax of q k^T / sqrt(D); move heads next to D and flatten to (B, T, H * D); then multiply "
+            "by sigmoid(gate) elementwise.")
+    if fn is Ellipsis:
+        return report(False, f"{UNANSWERED} {hint}")
+    for seed, (H, Hkv, D, T) in enumerate(GQA_CASES):
+        inputs, expected = _gqa_case(H, Hkv, D, T, seed)
+        try:
+            with torch.no_grad():
+                answer = fn(*(t.clone() for t in inputs))
+        except Exception as err:  # a reader's function may fail in any way: report it as a hint
+            return report(False, f"your function raised {type(err).__name__}: {err}. {hint}")
+        if not isinstance(answer, torch.Tensor) or tuple(answer.shape) != tuple(expected.shape):
+            found = tuple(answer.shape) if isinstance(answer, torch.Tensor) else type(answer).__name__
+            return report(False, f"with H = {H}, Hkv = {Hkv}: expected shape {tuple(expected.shape)}, "
+                          f"found {found}. {hint}")
+        if not (answer.float() - expected).abs().max() <= 1e-5:
+            return report(False, f"wrong values with H = {H} query heads and Hkv = {Hkv}. {hint}")
+    return report(True, hint)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..delta_rule import delta_rule_mixing_matrix, l2_normalize, recurrent_gated_delta_rule
+from ..delta_rule import chunk_gated_delta_rule, delta_rule_mixing_matrix, l2_normalize, recurrent_gated_delta_rule
 from . import UNANSWERED, check_close, report
 
 # the constant log decay of exercise 5.3
@@ -101,3 +101,52 @@ def check_half_life(answer: float) -> bool:
     expected = math.log(0.5) / math.log(per_step)
     return check_close(answer, expected, "each token multiplies the state by exp(g); solve exp(g)^n = 1/2 for n "
                        "(a real number, not rounded).", rel=1e-3)
+
+
+# (chunk length C, key size Dk, value size Dv): the reader's one-chunk step is checked on each
+CHUNK_CASES = ((8, 6, 5), (16, 8, 8), (5, 4, 7))
+
+
+def _chunk_case(C: int, Dk: int, Dv: int, seed: int):
+    """One head, one chunk: q, k (C, Dk) as the kernel uses them (unit rows, q also times 1/sqrt(Dk)),
+    v (C, Dv), g, beta (C,), an incoming state h (Dk, Dv); and the package's o (C, Dv) and new state."""
+    gen = torch.Generator().manual_seed(seed)
+    q = l2_normalize(torch.randn(C, Dk, generator=gen)) * Dk**-0.5
+    k = l2_normalize(torch.randn(C, Dk, generator=gen))
+    v = torch.randn(C, Dv, generator=gen)
+    g = -torch.rand(C, generator=gen)
+    beta = torch.rand(C, generator=gen)
+    h = torch.randn(Dk, Dv, generator=gen)
+    # the package scales q by 1/sqrt(Dk) itself: hand it the unscaled q
+    o, h_new = chunk_gated_delta_rule((q * Dk**0.5)[None, :, None], k[None, :, None], v[None, :, None],
+                                      g[None, :, None], beta[None, :, None], chunk_size=C,
+                                      initial_state=h[None, None], output_final_state=True)
+    return (q, k, v, g, beta, h), (o[0, :, 0], h_new[0, 0])
+
+
+def check_chunk_step(fn) -> bool:
+    """``fn(q, k, v, g, beta, h)`` -> ``(o, h_new)``: one chunk of the chunked kernel for one head.
+
+    ``q, k (C, Dk)`` as the kernel uses them (unit rows, ``q`` already times ``1/sqrt(Dk)``), ``v (C, Dv)``,
+    ``g, beta (C,)``, ``h (Dk, Dv)`` the state carried in; ``o (C, Dv)`` and the state carried out.
+    """
+    hint = ("gamma = cumsum(g); Gamma_ij = exp(gamma_i - gamma_j) below and on the diagonal, 0 above; "
+            "A = strictly_lower(diag(beta) (K K^T * Gamma)); T = (I + A)^-1; U = T diag(beta) V, "
+            "W = T diag(beta exp(gamma)) K; V' = U - W h; O = diag(exp(gamma)) Q h + tril(Q K^T * Gamma) V'; "
+            "h_new = exp(gamma_C) h + (diag(exp(gamma_C - gamma)) K)^T V'.")
+    if fn is Ellipsis:
+        return report(False, f"{UNANSWERED} {hint}")
+    for seed, (C, Dk, Dv) in enumerate(CHUNK_CASES):
+        inputs, (o, h_new) = _chunk_case(C, Dk, Dv, seed)
+        try:
+            answer = fn(*(t.clone() for t in inputs))
+        except Exception as err:  # a reader's function may fail in any way: report it as a hint
+            return report(False, f"your function raised {type(err).__name__}: {err}. {hint}")
+        if not (isinstance(answer, tuple) and len(answer) == 2 and all(isinstance(t, torch.Tensor) for t in answer)
+                and answer[0].shape == o.shape and answer[1].shape == h_new.shape):
+            return report(False, f"return (o, h_new) of shapes {tuple(o.shape)} and {tuple(h_new.shape)}. {hint}")
+        if (answer[0].float() - o).abs().max() > 1e-5:
+            return report(False, f"o is off (C = {C}, Dk = {Dk}, Dv = {Dv}). {hint}")
+        if (answer[1].float() - h_new).abs().max() > 1e-5:
+            return report(False, f"o is right but h_new is off (C = {C}). {hint}")
+    return report(True, hint)

@@ -32,23 +32,43 @@ def check_state_mib(answer: float) -> bool:
                        "4 bytes; count the DeltaNet layers in cfg.layer_types; 1 MiB = 2**20 bytes.", rel=1e-4)
 
 
-def check_deinterleave(fn) -> bool:
-    """``fn(weight, config)`` reorders ``in_proj_qkvz.weight`` rows into [q heads | k heads | v heads | z heads]."""
+def _gate_cases():
+    """Layers of the tiny config with their own A_log and dt_bias, and inputs b, a (B, T, Hv): random ones
+    in float32, a layer and inputs in bfloat16, and large a (where log(1 + exp(x)) overflows in float32)."""
     cfg = Qwen3NextConfig.tiny()
-    torch.manual_seed(6)
-    layer = GatedDeltaNet(cfg, 0)
-    x = torch.randn(1, 3, cfg.hidden_size)
-    hint = ("view the rows as (Hk, 2Dk + 2rDv), split each group into q, k, v, z, then concatenate all the q "
-            "pieces, all the k pieces, and so on (the value heads of a key head stay in order).")
+    gen = torch.Generator().manual_seed(63)
+    for dtype, scale in ((torch.float32, 3.0), (torch.bfloat16, 3.0), (torch.float32, 100.0)):
+        layer = GatedDeltaNet(cfg, 0)
+        with torch.no_grad():
+            layer.A_log.copy_(torch.empty(cfg.linear_num_value_heads).uniform_(0.01, 16, generator=gen).log())
+            layer.dt_bias.copy_(torch.randn(cfg.linear_num_value_heads, generator=gen))
+        layer = layer.to(dtype)
+        b = torch.randn(2, 5, cfg.linear_num_value_heads, generator=gen).to(dtype)
+        a = (scale * torch.randn(2, 5, cfg.linear_num_value_heads, generator=gen)).to(dtype)
+        yield layer, b, a
+
+
+def check_gates(fn) -> bool:
+    """``fn(b, a, A_log, dt_bias)`` -> ``(beta, g)``, the write strength and the log decay per value head."""
+    hint = ("beta = sigmoid(b); g = -exp(A_log) * softplus(a + dt_bias), computed in float32 (cast a, A_log "
+            "and dt_bias first), with F.softplus: log(1 + exp(x)) overflows for large x.")
     if fn is Ellipsis:
         return report(False, f"{UNANSWERED} {hint}")
-    with torch.no_grad():
-        q, k, v, z, _, _ = layer.split_projections(layer.in_proj_qkvz(x), layer.in_proj_ba(x))
-        expected = torch.cat([t.reshape(1, 3, -1) for t in (q, k, v, z)], -1)
-        try:
-            W = fn(layer.in_proj_qkvz.weight.detach().clone(), cfg)
-        except Exception as err:
-            return report(False, f"your function raised {type(err).__name__}: {err}. {hint}")
-        if not isinstance(W, torch.Tensor) or W.shape != layer.in_proj_qkvz.weight.shape:
-            return report(False, f"return a tensor of shape {tuple(layer.in_proj_qkvz.weight.shape)}. {hint}")
-        return report(bool((x @ W.T - expected).abs().max() <= 1e-5), hint)
+    for layer, b, a in _gate_cases():
+        with torch.no_grad():
+            expected = layer.gates(b, a)
+            try:
+                answer = fn(b.clone(), a.clone(), layer.A_log.detach().clone(), layer.dt_bias.detach().clone())
+            except Exception as err:  # a reader's function may fail in any way: report it as a hint
+                return report(False, f"your function raised {type(err).__name__}: {err}. {hint}")
+        if not (isinstance(answer, tuple) and len(answer) == 2
+                and all(isinstance(t, torch.Tensor) and t.shape == b.shape for t in answer)):
+            return report(False, f"return (beta, g), two tensors of the shape of b {tuple(b.shape)}. {hint}")
+        for name, ours, theirs in zip(("beta", "g"), answer, expected, strict=True):
+            # beta may stay in b's dtype (the package's does) or be computed in float32: allow its rounding
+            rel = 1e-2 if name == "beta" and b.dtype != torch.float32 else 1e-5
+            tol = rel * (1 + theirs.float().abs().max().item())
+            if not (ours.float() - theirs.float()).abs().max() <= tol:
+                return report(False, f"{name} is off for {b.dtype} inputs of scale up to "
+                              f"{a.float().abs().max().item():.0f}. {hint}")
+    return report(True, hint)

@@ -9,11 +9,6 @@ from ..moe import SparseMoeBlock, load_balancing_loss, route
 from . import check_close, check_equal, check_tensor_close, report
 
 
-def exercise_router_logits() -> torch.Tensor:
-    """Router logits of exercise 7.2: 6 tokens, 16 experts, seeded."""
-    return 2 * torch.randn(6, 16, generator=torch.Generator().manual_seed(7))
-
-
 def exercise_block() -> tuple[SparseMoeBlock, torch.Tensor]:
     """The small MoE block and input of exercise 7.4: 8 experts, top 2, hidden 64; x of shape (1, 5, 64)."""
     torch.manual_seed(74)
@@ -37,11 +32,40 @@ def check_active_moe_params(answer: int) -> bool:
                        "and the shared expert each use 3 matrices of 512 x 2048, plus the 1 x 2048 shared gate.")
 
 
-def check_topk_weights(answer) -> bool:
-    """Top-4 renormalised routing weights of ``exercise_router_logits()``, in order of decreasing weight."""
-    expected = route(exercise_router_logits(), 4, norm_topk_prob=True)[0]
-    return check_tensor_close(answer, expected, "softmax over all 16 logits first (in float32), keep the 4 largest "
-                              "probabilities, then divide them by their sum.", atol=1e-6)
+ROUTER_HINT = ("softmax over all experts in float32 (logits.float().softmax(-1)), keep the k largest "
+               "probabilities with topk, divide them by their sum, cast the weights to the logits' dtype.")
+
+
+def check_router(fn) -> bool:
+    """``fn(logits (N, E), k) -> (weights (N, k), experts (N, k))``: the router of the chapter.
+
+    Tried on float32 and bfloat16 logits of several sizes against :func:`qwen3next.moe.route`: the same
+    experts in the same order (largest weight first) and the same weights, in the logits' dtype.
+    """
+    if fn is Ellipsis:
+        return check_equal(fn, None, ROUTER_HINT)
+    gen = torch.Generator().manual_seed(7)
+    for n, e, k, dtype in ((6, 16, 4, torch.float32), (32, 64, 8, torch.float32), (9, 512, 10, torch.bfloat16)):
+        logits = (2 * torch.randn(n, e, generator=gen)).to(dtype)
+        want_w, want_i, _ = route(logits, k, norm_topk_prob=True)
+        try:
+            got = fn(logits.clone(), k)
+            got_w, got_i = got
+        except Exception as err:  # a student's function may fail in any way: say how
+            return report(False, f"your function raised {type(err).__name__}: {err}")
+        case = f"for {n} tokens, {e} experts, top {k}, {str(dtype).replace('torch.', '')} logits"
+        if not (isinstance(got_w, torch.Tensor) and isinstance(got_i, torch.Tensor)):
+            return report(False, f"return two tensors, (weights, experts); {ROUTER_HINT}")
+        if tuple(got_w.shape) != (n, k) or tuple(got_i.shape) != (n, k):
+            return report(False, f"{case} expected two ({n}, {k}) tensors, got {tuple(got_w.shape)} and "
+                          f"{tuple(got_i.shape)}.")
+        if not torch.equal(got_i.long(), want_i):
+            return report(False, f"{case} you chose other experts (or another order). {ROUTER_HINT}")
+        if got_w.dtype != want_w.dtype:
+            return report(False, f"{case} the weights should be {want_w.dtype}, got {got_w.dtype}. {ROUTER_HINT}")
+        if not torch.allclose(got_w.float(), want_w.float(), rtol=0, atol=1e-6 if dtype == torch.float32 else 4e-3):
+            return report(False, f"{case} the weights differ. {ROUTER_HINT}")
+    return report(True, "")
 
 
 def check_uniform_balance_loss(answer: float) -> bool:

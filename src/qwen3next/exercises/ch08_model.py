@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from ..accounting import cache_bytes
 from ..config import Qwen3NextConfig
-from ..generate import filter_logits
+from ..generate import filter_logits, generate
 from . import check_equal, report
 
 # Exercise 8.4: a tiny model with one deliberately broken layer, and its intact twin.
 BROKEN_SEED = 8
 
 
-def check_cache_bytes_at_256k(answer: int) -> bool:
-    """Bytes of the full model's hybrid cache for one 262,144-token sequence (bf16 K/V and conv, fp32 state)."""
-    expected = cache_bytes(Qwen3NextConfig.full(), 262_144, batch_size=1, activation_bytes=2, state_bytes=4).total
-    return check_equal(answer, expected, "12 attention layers keep K and V (2 x Hkv x head_dim numbers per "
-                       "token each, 2 bytes); 36 DeltaNet layers keep a (conv_dim, K) window in 2 bytes and a "
-                       "(Hv, Dk, Dv) state in 4 bytes, whatever the length.")
-
-
 def check_deltanet_layer_params(answer: int) -> bool:
     """Parameters of one full-size decoder layer of the DeltaNet kind (mixer + MoE + two norms)."""
-    from ..model import DecoderLayer
+    from ..decoder_layer import DecoderLayer
 
     with torch.device("meta"):
         layer = DecoderLayer(Qwen3NextConfig.full(), 0)
@@ -34,6 +25,9 @@ def check_deltanet_layer_params(answer: int) -> bool:
 
 def check_top_p(fn) -> bool:
     """``fn(logits (B, V), p) -> logits`` with the tokens outside the top-p set at ``-inf``."""
+    if fn is Ellipsis:
+        return check_equal(fn, None, "sort the probabilities, keep each token whose more likely "
+                           "predecessors hold less than p in total, set the others to -inf.")
     gen = torch.Generator().manual_seed(8)
     logits = 2.5 * torch.randn(5, 200, generator=gen)
     for p in (0.3, 0.8, 0.95):
@@ -47,6 +41,68 @@ def check_top_p(fn) -> bool:
         if not torch.equal(torch.isfinite(got), want):
             return report(False, f"with p = {p} you keep a different set of tokens: sort by probability, keep "
                           "each token whose more likely predecessors hold less than p in total.")
+    return report(True, "")
+
+
+GREEDY_HINT = ("make a cache with model.new_cache(batch_size), run the whole prompt through "
+               "model(input_ids, cache=cache) once, then repeatedly take the arg-max of the last logits and "
+               "feed only that token, shaped (B, 1), with the same cache; return the prompt and the new tokens.")
+
+
+class _CallLog:
+    """A model wrapper that records the shape of the ids of every forward call (to see the cache used)."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def new_cache(self, batch_size: int = 1):
+        return self.model.new_cache(batch_size)
+
+    def __call__(self, input_ids, *args, **kwargs):
+        self.calls.append(tuple(input_ids.shape))
+        return self.model(input_ids, *args, **kwargs)
+
+    def __getattr__(self, name):  # config, eval, ...: whatever else the reader's code asks the model for
+        return getattr(self.model, name)
+
+
+def exercise_model():
+    """The tiny random model of exercise 8.3 (seeded), in eval mode."""
+    from ..model import Qwen3NextForCausalLM
+
+    torch.manual_seed(83)
+    return Qwen3NextForCausalLM(Qwen3NextConfig.tiny()).eval()
+
+
+def check_greedy(fn) -> bool:
+    """``fn(model, input_ids (B, T), max_new_tokens) -> (B, T + max_new_tokens)``: greedy decoding with the cache.
+
+    Compared with :func:`qwen3next.generate.generate` at temperature 0 on prompts of several lengths;
+    after the prompt, every forward call must feed one token per row (the cache holds the rest).
+    """
+    if fn is Ellipsis:
+        return check_equal(fn, None, GREEDY_HINT)
+    model = exercise_model()
+    gen = torch.Generator().manual_seed(8)
+    for B, T, n in ((1, 5, 6), (2, 9, 4), (1, 1, 3)):
+        ids = torch.randint(0, model.config.vocab_size, (B, T), generator=gen)
+        log = _CallLog(model)
+        try:
+            with torch.no_grad():
+                got = fn(log, ids.clone(), n)
+        except Exception as err:  # a student's function may fail in any way: say how
+            return report(False, f"your function raised {type(err).__name__}: {err}")
+        with torch.no_grad():
+            want = generate(model, ids, n)
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(want.shape):
+            found = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            return report(False, f"for a ({B}, {T}) prompt and {n} new tokens return a ({B}, {T + n}) tensor of "
+                          f"ids, got {found}.")
+        if not torch.equal(got, want):
+            return report(False, f"for a ({B}, {T}) prompt you chose other tokens. {GREEDY_HINT}")
+        if any(c[1] != 1 for c in log.calls[1:]):
+            return report(False, f"after the prompt you fed {max(c[1] for c in log.calls[1:])} tokens at once: "
+                          f"the cache already holds them. {GREEDY_HINT}")
     return report(True, "")
 
 

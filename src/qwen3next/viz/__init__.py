@@ -8,9 +8,9 @@ own diagrams live in a module of this package named after the concept (``viz.arc
 from .architecture import draw_architecture, draw_layer_pattern
 from .colors import COLORS, LABELS
 from .source import show_source, source_lines
-from .style import COLUMN_INCHES, use_book_style
+from .style import COLUMN_INCHES, inch_axes, use_book_style
 
 __all__ = [
-    "COLORS", "COLUMN_INCHES", "LABELS", "draw_architecture", "draw_layer_pattern", "show_source", "source_lines",
-    "use_book_style",
+    "COLORS", "COLUMN_INCHES", "LABELS", "draw_architecture", "draw_layer_pattern", "inch_axes", "show_source",
+    "source_lines", "use_book_style",
 ]

@@ -13,22 +13,36 @@ import inspect
 import textwrap
 
 
-def source_lines(obj, lines: tuple[int, int] | None = None, docstring: bool = True) -> list[str]:
+def source_lines(obj, lines: tuple[int | str, int | str] | None = None, docstring: bool = True) -> list[str]:
     """The source lines of ``obj``, dedented.
 
-    ``lines`` = ``(first, last)`` keeps only those lines, counted from 1 at the first line of the source
-    (decorators included), inclusive; ``docstring=False`` drops the docstring first.
+    ``lines = (first, last)`` keeps only those lines, inclusive. Each bound is a line number, counted
+    from 1 at the first line of the source (decorators included), or the start of a line's text (its
+    indentation ignored): ``("while heap:", "return out")`` keeps the first line starting "while heap:"
+    through the next line after it starting "return out", so the excerpt survives edits above it.
+    ``docstring=False`` drops the docstring first.
     """
     out = textwrap.dedent(inspect.getsource(obj)).splitlines()
     if not docstring:
         out = _without_docstring(out)
     if lines is not None:
-        first, last = lines
+        first = _line_number(out, lines[0], 1, obj)
+        last = _line_number(out, lines[1], first, obj)
         if not (1 <= first <= last <= len(out)):
             raise ValueError(f"lines: expected 1 <= first <= last <= {len(out)} for {obj.__qualname__}, "
                              f"found {lines}")
         out = out[first - 1:last]
     return out
+
+
+def _line_number(lines: list[str], bound: int | str, start: int, obj) -> int:
+    """``bound`` as a line number: itself, or the first line from ``start`` on whose text starts with it."""
+    if isinstance(bound, int):
+        return bound
+    for number in range(start, len(lines) + 1):
+        if lines[number - 1].strip().startswith(bound):
+            return number
+    raise ValueError(f"lines: no line of {obj.__qualname__} from line {start} on starts with {bound!r}")
 
 
 def _without_docstring(lines: list[str]) -> list[str]:
@@ -42,7 +56,7 @@ def _without_docstring(lines: list[str]) -> list[str]:
     return lines[:doc.lineno - 1] + lines[doc.end_lineno:]
 
 
-def show_source(obj, lines: tuple[int, int] | None = None, docstring: bool = True):
+def show_source(obj, lines: tuple[int | str, int | str] | None = None, docstring: bool = True):
     """Display the source of ``obj`` as a highlighted Python block (see :func:`source_lines`).
 
     In a notebook this returns a Markdown object (the HTML book renders and highlights it); outside

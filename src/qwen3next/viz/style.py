@@ -13,6 +13,7 @@ COLUMN_INCHES = 6.8
 BOOK_RC = {
     "figure.dpi": 100,
     "savefig.dpi": 200,
+    "savefig.pad_inches": 0.04,  # a figure drawn COLUMN_INCHES wide stays within the 688-pixel column
     "figure.figsize": (COLUMN_INCHES, 3.8),
     "figure.constrained_layout.use": True,
     "font.size": 10,
@@ -38,3 +39,19 @@ def use_book_style() -> None:
         return
     if get_ipython() is not None:
         set_matplotlib_formats("retina")
+
+
+def inch_axes(height: float, width: float = COLUMN_INCHES):
+    """A new figure ``width`` x ``height`` inches whose one axes fills it, in inches, with no frame.
+
+    For diagrams placed by hand (boxes, arrows, text): a unit is an inch, so a 9 pt label's size on
+    the page is known when the boxes around it are laid out.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(width, height), layout="none")
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, height)
+    ax.axis("off")
+    return ax

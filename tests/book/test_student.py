@@ -14,17 +14,15 @@ import importlib
 import inspect
 import io
 import re
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
+from tools import check_site, make_student
 
-import check_site  # noqa: E402
-import make_student  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
+
 
 CHAPTERS = sorted((REPO / "chapters").glob("[0-9]*.ipynb"))
 IDS = [c.stem for c in CHAPTERS]

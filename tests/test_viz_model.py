@@ -1,0 +1,25 @@
+"""Tests for qwen3next.viz.model: the forward-pass diagram shows the stack's shapes."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+from viz_checks import check_figure
+
+from qwen3next import Qwen3NextConfig
+from qwen3next.viz.model import draw_model_forward
+
+
+def test_forward_diagram_of_the_released_model():
+    fig = draw_model_forward(Qwen3NextConfig.full())
+    text = check_figure(fig)
+    for label in ("input_ids (B, T)", "embed_tokens (151,936 x 2048)", "(B, T, 2048)", "x 48",
+                  "Gated DeltaNet (36 layers)", "gated attention (12 layers)", "attention at layers 3, 7, ..., 47",
+                  "10 of 512", "lm_head (2048 -> 151,936)", "logits (B, T, 151,936)"):
+        assert label in text, label
+    plt.close(fig)
+
+
+def test_forward_diagram_follows_the_config():
+    text = check_figure(draw_model_forward(Qwen3NextConfig.tiny(), batch="1", tokens="80"))
+    assert "x 8" in text and "input_ids (1, 80)" in text
+    plt.close("all")
