@@ -190,6 +190,8 @@ class RecallRun:
     short_conv: bool = True
     init: str = "mamba2"
     seed: int = 0
+    hidden_size: int = 128
+    num_layers: int = 4
     steps: int = 800
     batch_size: int = 64
     lr: float = 3e-3
@@ -205,7 +207,8 @@ class RecallRun:
 def train_recall(run: RecallRun, task: MQARTask, log=None) -> dict:
     """Train one study model; returns the run, its curve ``[(step, loss, accuracy)]`` and its final
     accuracy on 256 held-out sequences (also written to ``log``, a :class:`qwen3next.train.JsonlLog`)."""
-    model = recall_model(run.mixer, task, run.short_conv, run.init, run.seed)
+    model = recall_model(run.mixer, task, run.short_conv, run.init, run.seed,
+                         hidden_size=run.hidden_size, num_layers=run.num_layers)
     gen = torch.Generator().manual_seed(run.seed)
     held_out = mqar_batch(task, 256, torch.Generator().manual_seed(10_000 + run.seed))
     optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=run.lr, betas=(0.9, 0.95))

@@ -39,6 +39,7 @@ from .checkpoint import CheckpointError
 from .config import Qwen3NextConfig
 from .decoder_layer import DecoderLayer
 from .hub_layout import mtp_layout
+from .linear import Linear
 from .norms import RMSNorm
 
 PREFIX = "mtp."
@@ -66,7 +67,7 @@ class MultiTokenPredictor(nn.Module):
         H, eps = config.hidden_size, config.rms_norm_eps
         self.pre_fc_norm_embedding = RMSNorm(H, eps=eps)
         self.pre_fc_norm_hidden = RMSNorm(H, eps=eps)
-        self.fc = nn.Linear(2 * H, H, bias=False)  # (H, 2H): [embedding | hidden] -> H
+        self.fc = Linear(2 * H, H, bias=False)  # (H, 2H): [embedding | hidden] -> H
         self.layers = nn.ModuleList([DecoderLayer(mtp_layer_config(config), 0)])
         self.norm = RMSNorm(H, eps=eps)
 

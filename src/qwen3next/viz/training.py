@@ -9,85 +9,100 @@ from __future__ import annotations
 import math
 
 import matplotlib.pyplot as plt
-from matplotlib.patches import FancyBboxPatch
+from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 
 from .colors import COLORS
+from .diagram import arrow, box, canvas, note
 from .style import COLUMN_INCHES
 
 LOSS_COLORS = {"lm": "#1f5fa8", "mtp": "#d0662b", "balance": "#3d8f3d", "floor": "0.2"}
 
 
-def _box(ax, x, y, w, h, text, color, fontsize=9):
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.06",
-                                facecolor=color, edgecolor="black", linewidth=0.8))
-    ax.text(x, y, text, ha="center", va="center", fontsize=fontsize)
-
-
-def _arrow(ax, start, end, text=None, fontsize=9):
-    ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", lw=0.8))
-    if text:
-        ax.text((start[0] + end[0]) / 2 + 0.08, (start[1] + end[1]) / 2, text, fontsize=fontsize, va="center",
-                color="0.25")
-
-
-def draw_training_step(cfg, batch_size: int, seq_len: int, mtp_weight: float = 0.3, ax=None):
-    """One training step, top to bottom, with the shape of every tensor for ``cfg`` and a ``(B, T)`` batch."""
+def draw_training_step(cfg, batch_size: int, seq_len: int, mtp_weight: float = 0.3):
+    """One training step, top to bottom, with the shape of every tensor for ``cfg`` and a ``(B, T)``
+    batch; returns the figure."""
     B, T, H, V, E = batch_size, seq_len, cfg.hidden_size, cfg.vocab_size, cfg.num_experts
-    L = cfg.num_hidden_layers
-    ax = ax or plt.subplots(figsize=(COLUMN_INCHES, 6.4))[1]
-    left, right = 1.6, 5.0
-    _box(ax, left, 9.0, 2.8, 0.6, f"input_ids ({B}, {T})", COLORS["embed"])
-    _box(ax, left, 7.5, 2.8, 0.8, f"trunk: embed, {L} layers,\nfinal norm", COLORS["linear_attention"])
-    _arrow(ax, (left, 8.7), (left, 7.9))
-    _box(ax, left, 6.0, 2.8, 0.6, f"lm_head -> ({B}, {T}, {V})", COLORS["embed"])
-    _arrow(ax, (left, 7.1), (left, 6.3), f"h ({B}, {T}, {H})")
-    _box(ax, left, 4.6, 2.8, 0.6, "CE on x[t+1]: lm", LOSS_COLORS["lm"] + "55")
-    _arrow(ax, (left, 5.7), (left, 4.9))
-    _box(ax, right, 7.5, 3.2, 0.8, "MTP: cat[norm(embed x[t+1]),\nnorm h[t]] -> fc -> layer", COLORS["full_attention"])
-    _arrow(ax, (left + 1.4, 7.3), (right - 1.6, 7.3))
-    ax.text((left + right) / 2 + 0.05, 7.05, f"h[:, :-1] ({B}, {T - 1}, {H})", fontsize=8, ha="center",
-            color="0.25")
-    _arrow(ax, (left + 1.4, 9.0), (right, 7.9))
-    ax.text(right + 0.1, 8.75, f"ids[:, 1:] ({B}, {T - 1})", fontsize=8, color="0.25")
-    _box(ax, right, 6.0, 3.2, 0.6, f"norm, lm_head -> ({B}, {T - 1}, {V})", COLORS["embed"])
-    _arrow(ax, (right, 7.1), (right, 6.3))
-    _box(ax, right, 4.6, 3.2, 0.6, "CE on x[t+2]: mtp", LOSS_COLORS["mtp"] + "55")
-    _arrow(ax, (right, 5.7), (right, 4.9))
-    _box(ax, 3.3, 3.2, 3.0, 0.6, f"router logits ({B * T}, {E}) per layer", COLORS["moe"])
-    _box(ax, 3.3, 2.1, 3.0, 0.6, "balance: E sum f_e P_e", LOSS_COLORS["balance"] + "55")
-    _arrow(ax, (3.3, 2.9), (3.3, 2.4))
+    fig, ax = canvas(5.6)
+    left, mid, right, w = 1.2, 3.4, 5.6, 2.2
+    box(ax, left, 5.25, w, 0.4, f"input_ids ({B}, {T})", COLORS["embed"])
+    box(ax, left, 4.3, w, 0.55, f"trunk: embed,\n{cfg.num_hidden_layers} layers, final norm",
+        COLORS["linear_attention"])
+    box(ax, right, 4.3, w, 0.55, "MTP: fc(cat[norm e,\nnorm h]) -> layer", COLORS["full_attention"])
+    arrow(ax, (left, 5.05), (left, 4.58))
+    arrow(ax, (left + w / 2, 5.2), (right - 0.4, 4.58))
+    note(ax, mid + 0.3, 5.1, f"ids[:, 1:] ({B}, {T - 1})")
+    arrow(ax, (left + w / 2, 4.3), (right - w / 2, 4.3))
+    note(ax, mid, 4.05, f"h[:, :-1]\n({B}, {T - 1}, {H})", ha="center", va="top")
+    box(ax, left, 3.25, w, 0.4, f"lm_head ({B}, {T}, {V})", COLORS["embed"])
+    box(ax, right, 3.25, w, 0.4, f"norm, lm_head ({B}, {T - 1}, {V})", COLORS["embed"])
+    arrow(ax, (left, 4.02), (left, 3.45), f"h ({B}, {T}, {H})")
+    arrow(ax, (right, 4.02), (right, 3.45))
+    box(ax, mid, 2.2, 1.8, 0.55, f"router logits\n({B * T}, {E}) per layer", COLORS["moe"])
+    arrow(ax, (left + w / 2, 4.1), (mid - 0.4, 2.48))
+    arrow(ax, (right - w / 2, 4.1), (mid + 0.4, 2.48))
+    box(ax, left, 2.2, w, 0.4, "CE on x[t+1]: lm", LOSS_COLORS["lm"] + "55")
+    box(ax, right, 2.2, w, 0.4, "CE on x[t+2]: mtp", LOSS_COLORS["mtp"] + "55")
+    arrow(ax, (left, 3.05), (left, 2.4))
+    arrow(ax, (right, 3.05), (right, 2.4))
+    box(ax, mid, 1.35, 1.8, 0.4, "balance: E sum f P", LOSS_COLORS["balance"] + "55")
+    arrow(ax, (mid, 1.92), (mid, 1.55))
     coef = cfg.router_aux_loss_coef
-    _box(ax, 3.3, 0.9, 4.6, 0.7, f"loss = lm + {mtp_weight} mtp + {coef:g} balance\nbackward, clip, AdamW step",
-         COLORS["norm"])
-    for x in (left, right):
-        _arrow(ax, (x, 4.3), (3.3 + (x - 3.3) * 0.4, 1.25))
-    _arrow(ax, (3.3, 1.8), (3.3, 1.25))
-    ax.set_xlim(0, 6.8)
-    ax.set_ylim(0.3, 9.5)
-    ax.axis("off")
-    return ax
+    box(ax, mid, 0.45, 5.2, 0.55, f"loss = lm + {mtp_weight} mtp + {coef:g} balance;\n"
+        "backward, clip, AdamW step", COLORS["norm"])
+    arrow(ax, (left, 2.0), (left, 0.73))
+    arrow(ax, (right, 2.0), (right, 0.73))
+    arrow(ax, (mid, 1.15), (mid, 0.73))
+    return fig
 
 
-def plot_losses(records: list[dict], floor: float, ax=None, top_k: int | None = None):
-    """Training (thin) and validation (markers) losses against tokens seen, with the entropy floor."""
-    ax = ax or plt.subplots(figsize=(COLUMN_INCHES, 3.6))[1]
+def plot_losses(records: list[dict], floor: float, axes=None):
+    """Left: training (thin) and validation (markers) losses against tokens seen, with the entropy floor.
+    Right: how far the validation losses are above the floor (log scale)."""
+    if axes is None:
+        axes = plt.subplots(1, 2, figsize=(COLUMN_INCHES, 3.2), width_ratios=(3, 2))[1]
+    ax, gap = axes
     steps = [r for r in records if "lm" in r]
-    tokens = [r["tokens"] / 1e6 for r in steps]
-    ax.plot(tokens, [r["lm"] for r in steps], color=LOSS_COLORS["lm"], lw=0.6, alpha=0.5)
-    if "mtp" in steps[0]:
-        ax.plot(tokens, [r["mtp"] for r in steps], color=LOSS_COLORS["mtp"], lw=0.6, alpha=0.5)
     evals = [r for r in steps if "val_lm" in r]
-    ax.plot([r["tokens"] / 1e6 for r in evals], [r["val_lm"] for r in evals], "o-", ms=3,
-            color=LOSS_COLORS["lm"], label="next token (validation)")
+    tokens = [r["tokens"] / 1e6 for r in steps]
+    eval_tokens = [r["tokens"] / 1e6 for r in evals]
+    series = [("lm", "val_lm", "o", "next token")]
     if "val_mtp" in evals[0]:
-        ax.plot([r["tokens"] / 1e6 for r in evals], [r["val_mtp"] for r in evals], "s-", ms=3,
-                color=LOSS_COLORS["mtp"], label="MTP, token after next (validation)")
-    ax.axhline(floor, color=LOSS_COLORS["floor"], ls="--", lw=1, label=f"entropy floor {floor:.3f}")
-    ax.set_yscale("log")
+        series.append(("mtp", "val_mtp", "s", "MTP (token after next)"))
+    for train_key, val_key, marker, label in series:
+        color = LOSS_COLORS[train_key]
+        ax.plot(tokens, [r[train_key] for r in steps], color=color, lw=0.5, alpha=0.4)
+        ax.plot(eval_tokens, [r[val_key] for r in evals], marker + "-", ms=3, color=color, label=label)
+        gap.plot(eval_tokens, [r[val_key] - floor for r in evals], marker + "-", ms=3, color=color)
+    ax.axhline(floor, color=LOSS_COLORS["floor"], ls="--", lw=1, label=f"floor {floor:.3f}")
+    ax.set_ylim(floor * 0.9, 1.6)
     ax.set_xlabel("tokens seen (millions)")
     ax.set_ylabel("nats per token")
     ax.legend(loc="upper right")
-    return ax
+    gap.set_yscale("log")
+    gap.yaxis.set_major_locator(FixedLocator([0.01, 0.02, 0.05, 0.1, 0.2, 0.5]))
+    gap.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    gap.yaxis.set_minor_formatter(NullFormatter())
+    gap.set_xlabel("tokens seen (millions)")
+    gap.set_ylabel("validation loss - floor")
+    return axes
+
+
+def plot_schedule(records: list[dict], clip: float, axes=None):
+    """The learning rate of every step (left) and the gradient norm before clipping (right)."""
+    ax1, ax2 = axes if axes is not None else plt.subplots(1, 2, figsize=(COLUMN_INCHES, 2.6))[1]
+    steps = [r["step"] for r in records]
+    ax1.plot(steps, [r["lr"] for r in records])
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("learning rate")
+    ax2.plot(steps, [r["grad_norm"] for r in records], lw=0.6)
+    ax2.axhline(clip, color=LOSS_COLORS["floor"], ls="--", lw=1, label=f"clipped to {clip:g}")
+    ax2.set_yscale("log")
+    ax2.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax2.yaxis.set_minor_formatter(NullFormatter())
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("gradient norm")
+    ax2.legend()
+    return ax1, ax2
 
 
 def plot_balance(records: list[dict], top_k: int, ax=None):
@@ -109,6 +124,7 @@ def plot_decay(named_alphas: dict[str, list[float]], ax=None):
         spans = [1 / max(1 - a, 1e-9) for a in alphas]
         ax.scatter(spans, [row] * len(spans), s=18, alpha=0.7)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.set_yticks(range(len(named_alphas)), list(named_alphas))
     ax.set_ylim(-0.6, len(named_alphas) - 0.4)
     ax.set_xlabel("memory span 1 / (1 - alpha), tokens (log scale)")
