@@ -270,19 +270,20 @@ class GatedDeltaNet(nn.Module):
         return o
 
     # ------------------------------------------------------------------------------ decoding
-    def _forward_keeping_steps(self, x, attention_mask, cache: DeltaNetState) -> torch.Tensor:
+    def _forward_keeping_steps(self, x, attention_mask, cache: DeltaNetState):
         """:meth:`forward` one token at a time, keeping a copy of both states after each token."""
         outputs, conv, recurrent = [], [], []
         cache.keep_steps = False  # each token takes the ordinary path
         try:
             for t in range(x.shape[1]):
-                mask_t = None if attention_mask is None else attention_mask[:, t : t + 1]
-                outputs.append(self.forward(x[:, t : t + 1], mask_t, cache))
+                mask = None if attention_mask is None else attention_mask[:, t : t + 1]
+                outputs.append(self.forward(x[:, t : t + 1], mask, cache))
                 conv.append(cache.conv_state.clone())
                 recurrent.append(cache.recurrent_state.clone())
         finally:
             cache.keep_steps = True
-        cache.conv_steps, cache.recurrent_steps = torch.stack(conv, 1), torch.stack(recurrent, 1)
+        cache.conv_steps = torch.stack(conv, 1)  # (B, T, conv_dim, K)
+        cache.recurrent_steps = torch.stack(recurrent, 1)  # (B, T, Hv, Dk, Dv)
         return torch.cat(outputs, dim=1)  # (B, T, hidden)
 
     @staticmethod

@@ -139,10 +139,11 @@ class Checkpoints(Rollback):
     def after_verify(self, model, cache: HybridCache, keep: torch.Tensor) -> None:
         for _, _, state in deltanet_layers(model, cache):
             rows = torch.arange(keep.numel(), device=state.conv_steps.device)
-            last = (keep - 1).to(rows.device)  # the state after the last kept token of each row
+            last = (keep - 1).to(rows.device)  # each row's last kept token
             state.conv_state = state.conv_steps[rows, last]  # (B, conv_dim, K), a copy
             state.recurrent_state = state.recurrent_steps[rows, last]  # (B, Hv, Dk, Dv)
-            state.keep_steps, state.conv_steps, state.recurrent_steps = False, None, None
+            state.keep_steps = False
+            state.conv_steps = state.recurrent_steps = None
 
 
 ROLLBACKS = {"replay": Replay, "checkpoints": Checkpoints}

@@ -46,7 +46,7 @@ __all__ = ["accept_greedy", "accept_sampling", "residual_distribution", "Specula
 
 
 # ------------------------------------------------------------------------------------ acceptance
-def accept_greedy(drafts: torch.Tensor, target_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def accept_greedy(drafts: torch.Tensor, target_logits: torch.Tensor):
     """The longest prefix of ``drafts (B, k)`` equal to the trunk's arg-max, and the trunk's next token.
 
     ``target_logits (B, k + 1, V)``: row ``i`` predicts the token after ``drafts[:, :i]``. Returns the
@@ -55,7 +55,8 @@ def accept_greedy(drafts: torch.Tensor, target_logits: torch.Tensor) -> tuple[to
     """
     target = target_logits.argmax(-1)  # (B, k + 1)
     k = drafts.shape[1]
-    accepted = (drafts == target[:, :k]).long().cumprod(-1).sum(-1)  # (B,) leading matches
+    matches = (drafts == target[:, :k]).long()  # (B, k)
+    accepted = matches.cumprod(-1).sum(-1)  # (B,) the run of matches from the left
     return accepted, target.gather(1, accepted[:, None]).squeeze(1)
 
 
@@ -80,12 +81,13 @@ def accept_sampling(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
     comes from ``p_k``. Returns the number accepted ``(B,)`` and the next token ``(B,)``.
     """
     B, k = drafts.shape
-    p_d = p[:, :k].gather(-1, drafts[..., None]).squeeze(-1)  # (B, k) the trunk's probability of each draft
-    q_d = q.gather(-1, drafts[..., None]).squeeze(-1)  # (B, k) the head's (> 0: it was drawn from q)
+    p_d = p[:, :k].gather(-1, drafts[..., None]).squeeze(-1)  # (B, k) the trunk's
+    q_d = q.gather(-1, drafts[..., None]).squeeze(-1)  # (B, k) the head's, > 0
     u = torch.rand(B, k, generator=generator, device=p.device, dtype=p.dtype)
-    accepted = (u * q_d < p_d).long().cumprod(-1).sum(-1)  # u < p/q, without dividing; leading accepts
+    accepted = (u * q_d < p_d).long().cumprod(-1).sum(-1)  # u < p / q, in a row
     rows = torch.arange(B, device=p.device)
-    q_next = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)[rows, accepted]  # 0 after k accepts: draw from p
+    # after k accepts there is no q: draw the bonus token from p itself
+    q_next = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)[rows, accepted]
     probs = residual_distribution(p[rows, accepted], q_next)  # (B, V)
     return accepted, torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
@@ -308,21 +310,22 @@ class SpeculativeDecoder:
             self.rollback.before_verify(self.model, self.cache)
         with _Clock(self.stats.seconds, "verify"):
             hidden, for_head = self._trunk(tokens)  # (B, k + 1, H) each
-            logits = self.model.lm_head(hidden)  # (B, k + 1, V): row i follows tokens[:, : i + 1]
+            logits = self.model.lm_head(hidden)  # (B, k + 1, V): row i follows token i
             accepted, following = self._accept(drafts, q, logits)
         self.last_round = Round(tokens, logits.argmax(-1), accepted, following)
-        keep = accepted + 1  # the pending token and the accepted drafts stay in the trunk's caches
+        keep = accepted + 1  # the pending token and the accepted drafts stay cached
         with _Clock(self.stats.seconds, "rollback"):
             truncate_attention(self.cache, start, keep)
             self.rollback.after_verify(self.model, self.cache, keep)
-            if self.mtp_cache.length > start:  # its slots past the trunk's read the head's own guesses of h
+            if self.mtp_cache.length > start:  # slots that read the head's own h
                 self.mtp_cache.crop(start)
         self.stats.record(active, k, accepted)
         longest = int(keep.max())
-        next_ids = torch.cat([drafts, following[:, None]], dim=1)  # (B, k + 1), position i: x after slot i
+        # the token after each verified slot: the next draft, or the trunk's own token
+        next_ids = torch.cat([drafts, following[:, None]], dim=1)  # (B, k + 1)
         next_ids[torch.arange(B), accepted] = following
-        self.unread = _Unread(self._pair_tokens(tokens[:, :longest], next_ids[:, :longest]),
-                              for_head[:, :longest], accepted)
+        pairs = self._pair_tokens(tokens[:, :longest], next_ids[:, :longest])
+        self.unread = _Unread(pairs, for_head[:, :longest], accepted)
         self._emit(next_ids, keep)
         self.pending = following
         return accepted

@@ -9,8 +9,8 @@ from . import check_close, check_function
 
 
 def _hint(text: str) -> str:
-    """A hint on lines of its own, wrapped to the book's 84 columns."""
-    return "\n" + textwrap.fill(text, 84)
+    """A hint on lines of its own, wrapped to 80 columns (inside the book's 84, with room to spare)."""
+    return "\n" + textwrap.fill(text, 80)
 
 
 def _greedy_cases():

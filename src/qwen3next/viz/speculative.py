@@ -37,7 +37,7 @@ def draw_mtp_flow(cfg: Qwen3NextConfig, batch: str = "B", tokens: str = "T"):
     arrow(ax, (ex, 4.44), (cx - 0.35, 4.06))
     arrow(ax, (hx, 4.44), (cx + 0.35, 4.06))
     note(ax, 0.1, 4.22, f"e ({B}, {T}, {H})")
-    note(ax, 6.7, 4.22, f"h ({B}, {T}, {H})", ha="right")
+    note(ax, hx + 0.1, 4.25, f"h ({B}, {T}, {H})")
     box(ax, cx, 3.85, 2.9, 0.42, "concatenate [e | h]  (embedding first)", COLORS["tensor"])
     arrow(ax, (cx, 3.64), (cx, 3.28), f"({B}, {T}, {2 * cfg.hidden_size})")
     box(ax, cx, 3.07, 2.9, 0.42, f"fc: {2 * H} -> {H}, no bias", COLORS["dense"])
@@ -49,12 +49,11 @@ def draw_mtp_flow(cfg: Qwen3NextConfig, batch: str = "B", tokens: str = "T"):
     arrow(ax, (cx, 1.08), (cx, 0.72), f"({B}, {T}, {H})  the head's hidden state")
     box(ax, cx, 0.5, 2.9, 0.42, f"lm_head (the trunk's, {H} -> {V})", COLORS["embed"])
     note(ax, cx + 1.5, 0.5, f"({B}, {T}, {V}): row t\nguesses x_(t+2)")
-    # drafting: the head's own post-norm output stands in for h at the next position
-    ax.annotate("", xy=(hx + 1.3, 4.65), xytext=(cx + 1.45, 1.29),
-                arrowprops=dict(arrowstyle="-|>", lw=0.9, color=COLORS["highlight"], mutation_scale=9,
-                                connectionstyle="arc3,rad=0.35", linestyle="--"))
-    note(ax, 5.95, 2.75, "drafting step j > 1:\nits own output\nis the next h", color=COLORS["highlight"],
-         ha="center")
+    # drafting: the head's own post-norm output stands in for h at the next position (a loop on the right)
+    red, lx = COLORS["highlight"], 6.62
+    ax.plot([cx + 1.45, lx, lx], [1.29, 1.29, 4.65], color=red, lw=0.9, ls="--")
+    arrow(ax, (lx, 4.65), (hx + 1.25, 4.65), color=red)
+    note(ax, lx - 0.1, 3.25, "drafting step j > 1:\nits own output\nis the next h", color=red, ha="right")
     note(ax, 0.08, 3.1, "pair (x_(t+1), h_t)\nat position t:\ntokens shifted,\npositions kept", color="black")
     return fig
 
