@@ -12,13 +12,13 @@ forget differently:
 
   - :class:`Replay`: copy each state before verifying, put the copy back afterwards and run the layer
     again on its own inputs for the accepted tokens (kept from the verification pass: a layer's input at
-    an accepted position does not depend on the rejected tokens after it). llama.cpp works this way;
+    an accepted position does not depend on the rejected tokens after it);
   - :class:`Checkpoints`: let the verification pass keep the state after every token
     (``DeltaNetState.keep_steps``) and pick, per row, the one after the last accepted token. vLLM's
     kernels do this (one state slot per draft position, selected by the number of accepted tokens).
 
 Replay pays a second (small) pass over the accepted tokens; checkpoints pay ``T`` copies of the state
-in memory and a token-by-token recurrence during verification. Both end in the state plain decoding
+in memory, and their DeltaNet layers read the verified tokens one at a time. Both end in the state plain decoding
 would have reached (``tests/test_speculative_rollback.py``). Leaves out: lazy selection at the next step
 and state slots shared across requests (the engines' paged state pools).
 """

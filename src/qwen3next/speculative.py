@@ -20,9 +20,11 @@ Every round emits between 1 and ``k + 1`` tokens for one trunk forward. In a bat
 row accepts its own count; rows that accept fewer leave holes in the attention caches, masked like
 padding (:func:`qwen3next.rollback.truncate_attention`), so the batch stays rectangular.
 
-Contents: :func:`accept_greedy`, :func:`accept_sampling` (the rejection rule), :class:`SpeculativeStats`,
-:class:`SpeculativeDecoder` (the loop's state, one :meth:`~SpeculativeDecoder.step` per round) and
-:func:`speculative_generate`. Leaves out: tree drafts (EAGLE-2, Medusa), drafting with a separate small
+Contents: :func:`accept_greedy`, :func:`accept_sampling` (the rejection rule), :class:`SpeculativeStats`
+(acceptance per draft position, tokens per verification, CPU time per phase), :class:`SpeculativeDecoder`
+(the loop's state, one :meth:`~SpeculativeDecoder.step` per round), :func:`speculative_generate`;
+:func:`weight_bytes_read` and :func:`head_bytes_read` (what a forward reads, for the bandwidth argument);
+three wrong wirings of the head as controls. Leaves out: tree drafts (EAGLE-2, Medusa), drafting with a separate small
 model, and the engines' fused kernels.
 """
 
@@ -369,7 +371,7 @@ def weight_bytes_read(config, tokens: int, bytes_per_param: int = 2) -> float:
 
     Everything but the routed experts is read once whatever ``tokens`` is; of the ``E`` routed experts of
     a layer, ``tokens`` tokens choosing ``k`` each hit ``E (1 - (1 - k/E)^tokens)`` on average (tokens
-    routed independently and uniformly: real routing repeats experts more, so this is an upper bound).
+    routed independently and uniformly; real routing repeats experts more, so this is the pessimistic case).
     The embedding counts one row per token; caches are left out (their bytes grow with the context).
     """
     from .accounting import moe_params, parameter_counts
@@ -394,9 +396,10 @@ def head_bytes_read(config, bytes_per_param: int = 2) -> float:
 
 
 # ------------------------------------------------------------------------------------- controls
-# Three wirings of the head that run without an error and only lower acceptance (the engines' wiring is
-# the class above). Each must collapse acceptance on a trained head: a check that the wiring is the one
-# the head was trained with.
+# Three wrong wirings of the head: they run without an error and keep the output exact, only the
+# acceptance shows them (the engines' wiring is the class above). On the book's trained model the swapped
+# inputs and the unshifted token collapse it; the pre-norm hidden state cannot, because the head
+# normalises what it reads and the final norm's gain is nearly uniform (chapter 11).
 class PreNormHidden(SpeculativeDecoder):
     """Control: the head reads the trunk's last hidden state *before* the final norm."""
 
