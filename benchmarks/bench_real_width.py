@@ -40,9 +40,9 @@ import time
 import torch
 from timing import Split, Timing, measure, ratio, setup, timed
 
-from qwen3next.hub_layout import hub_layout
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.fp8 import fp8_candidate
+from qwen3next.hub_layout import hub_layout
 
 GB = 1e9
 SLICE = dict(num_hidden_layers=2, full_attention_interval=2, vocab_size=8192, bos_token_id=None, eos_token_id=None)

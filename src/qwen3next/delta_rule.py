@@ -146,13 +146,16 @@ def recurrent_gated_delta_step(
     """
     B, Hk, Dk = q.shape
     Hv, Dv = v.shape[1], v.shape[2]
+    if h.dtype != torch.float32 or not h.is_contiguous():  # updated in place through a view
+        raise ValueError(f"h: expected a contiguous float32 state, found {h.dtype}, contiguous={h.is_contiguous()}")
     qk = l2_normalize(torch.stack([q, k]).float())  # (2, B, Hk, Dk)
     qk[0] *= Dk**-0.5
     qk = qk.repeat_interleave(Hv // Hk, dim=2).view(2, B * Hv, 1, Dk)  # value head i * r + j reads key head i
     q, k = qk[0], qk[1]  # (B Hv, 1, Dk)
     S = h.view(B * Hv, Dk, Dv)
-    S.mul_(g.float().exp().view(B * Hv, 1, 1))  # forget
-    delta = (v.float().reshape(B * Hv, 1, Dv) - torch.bmm(k, S)).mul_(beta.float().view(B * Hv, 1, 1))  # correction
+    S.mul_(g.float().exp().reshape(B * Hv, 1, 1))  # forget
+    delta = v.float().reshape(B * Hv, 1, Dv) - torch.bmm(k, S)  # what the memory gets wrong for k
+    delta.mul_(beta.float().reshape(B * Hv, 1, 1))  # corrected by the write strength
     S.baddbmm_(k.transpose(1, 2), delta)  # rank-1 update k delta^T
     return torch.bmm(q, S).view(B, Hv, Dv).to(v.dtype)  # read with q
 
