@@ -66,8 +66,12 @@ train: venv
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks tools
 
+# Ours and the reference side by side (benchmarks/timing.py); the thread count comes from here, BENCH_THREADS=1
+# unless given (make bench BENCH_THREADS=2), for torch and for the Rust tokenizer alike.
+BENCH_THREADS ?= 1
 bench: venv
-	for b in benchmarks/bench_*.py; do OMP_NUM_THREADS=1 $(PY) $$b || exit 1; done
+	for b in benchmarks/bench_*.py; do OMP_NUM_THREADS=$(BENCH_THREADS) RAYON_NUM_THREADS=$(BENCH_THREADS) \
+		TOKENIZERS_PARALLELISM=false $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf _build $(VENV) student artifacts

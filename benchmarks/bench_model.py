@@ -5,29 +5,27 @@ plus the shared expert; heads and widths scaled from the release by about 1/8):
 
 1. prefill: one forward pass over 512 tokens;
 2. decode: prefill 256 tokens, then 64 one-token steps on the cache (ours: ``HybridCache``; the
-   reference: its own ``DynamicCache`` through ``model(..., cache=..., use_cache=True)``).
+   reference: its own ``DynamicCache`` through ``model(..., cache=..., use_cache=True)``);
+3. a training step: forward and backward of the loss (cross-entropy plus the load-balancing loss) on a
+   batch of 8 sequences of 256 tokens, both models in train mode; the gradients are compared.
 
-Both models see the same token ids; logits are compared before timing. Prints the times and the
-ratio reference / ours (> 1 means ours is faster). The clock is the process's CPU time
-(``time.process_time``): on a shared machine wall time also counts the waits for a core; with one
-thread the two agree on an idle machine.
+Both models see the same token ids; logits are compared before timing. Prints the times (median
+[range] of alternating runs, ``benchmarks/timing.py``) and the ratio ours / reference (below 1 means
+ours is faster).
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_model.py [--repeats 3]``.
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_model.py [--repeats 5]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch
+from timing import measure, race, report, setup, timed
 
-import torch  # noqa: E402
-
-from qwen3next.config import Qwen3NextConfig  # noqa: E402
-from qwen3next.model import Qwen3NextForCausalLM  # noqa: E402
-from qwen3next.reference import max_abs_diff, moe_state_dict_to_reference, reference_config  # noqa: E402
+from qwen3next.config import Qwen3NextConfig
+from qwen3next.model import Qwen3NextForCausalLM
+from qwen3next.reference import max_abs_diff, moe_state_dict_to_reference, reference_config
 
 MEDIUM = dict(
     vocab_size=16384, hidden_size=256, num_hidden_layers=8,
@@ -39,33 +37,16 @@ MEDIUM = dict(
 )
 
 
-def best_times(fns, repeats):
-    """Smallest CPU time of each function over ``repeats`` rounds, the functions taking turns.
-
-    Interleaving ours and the reference's runs exposes both to the same machine load; the minimum is
-    the least disturbed run. Each function may return an inner time (for work after a set-up step).
-    """
-    for fn in fns:
-        fn()  # warm-up
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.process_time()
-            inner = fn()
-            elapsed = time.process_time() - t0
-            best[i] = min(best[i], inner if isinstance(inner, float) else elapsed)
-    return best
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--prefill", type=int, default=512)
     parser.add_argument("--decode-prompt", type=int, default=256)
     parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--train-len", type=int, default=256)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    setup()
     import transformers
 
     cfg = Qwen3NextConfig.tiny(**MEDIUM)
@@ -74,53 +55,86 @@ def main():
     ref = transformers.Qwen3NextForCausalLM(reference_config(cfg)).eval()
     ref.load_state_dict(moe_state_dict_to_reference(ours.state_dict()))
     n_params = sum(p.numel() for p in ours.parameters())
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
-    print(f"medium config: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, {cfg.num_experts} experts "
-          f"top {cfg.num_experts_per_tok}, {n_params / 1e6:.1f}M parameters")
+    print(f"transformers {transformers.__version__}; medium config: hidden {cfg.hidden_size}, "
+          f"{cfg.num_hidden_layers} layers, {cfg.num_experts} experts top {cfg.num_experts_per_tok}, "
+          f"{n_params / 1e6:.1f}M parameters")
 
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, cfg.vocab_size, (1, max(args.prefill, args.decode_prompt + args.steps)), generator=g)
     prompt, steps = ids[:, :args.decode_prompt], ids[:, args.decode_prompt:args.decode_prompt + args.steps]
+    s = steps.shape[1]
 
-    def ours_decode(timed_steps=False):
+    def ours_prefilled():
+        """Prefill the prompt (not timed); return the decode loop, which appends its logits to ``out``."""
         cache = ours.new_cache(1)
         out = [ours(prompt, cache=cache, logits_to_keep=1).logits]
-        t0 = time.process_time()
-        for t in range(steps.shape[1]):
-            out.append(ours(steps[:, t:t + 1], cache=cache).logits)
-        return time.process_time() - t0 if timed_steps else torch.cat(out, dim=1)
+        return out, lambda: out.extend(ours(steps[:, t:t + 1], cache=cache).logits for t in range(s))
 
-    def ref_decode(timed_steps=False):
+    def ref_prefilled():
         r = ref(prompt, use_cache=True, logits_to_keep=1)
         cache, out = r.cache, [r.logits]
-        t0 = time.process_time()
-        for t in range(steps.shape[1]):
-            r = ref(steps[:, t:t + 1], cache=cache, use_cache=True)
-            out.append(r.logits)
-        return time.process_time() - t0 if timed_steps else torch.cat(out, dim=1)
+        return out, lambda: out.extend(ref(steps[:, t:t + 1], cache=cache, use_cache=True).logits for t in range(s))
+
+    def decoded(prefilled):
+        out, loop = prefilled()
+        loop()
+        return torch.cat(out, dim=1)
 
     with torch.no_grad():
         x = ids[:, :args.prefill]
-        diff = max_abs_diff(ours(x).logits, ref(x).logits)
-        print(f"check: prefill logits max |diff| = {diff:.2e}")
-        diff = max_abs_diff(ours_decode(), ref_decode())
-        print(f"check: decode logits max |diff| = {diff:.2e}")
+        print(f"check: prefill logits max |diff| = {max_abs_diff(ours(x).logits, ref(x).logits):.2e}")
+        print(f"check: decode logits max |diff| = {max_abs_diff(decoded(ours_prefilled), decoded(ref_prefilled)):.2e}")
 
-        t_ours, t_ref = best_times([lambda: ours(x, logits_to_keep=1), lambda: ref(x, logits_to_keep=1)], args.repeats)
-        print(f"prefill {args.prefill} tokens: ours {t_ours * 1e3:8.1f} ms   reference {t_ref * 1e3:8.1f} ms   "
-              f"ratio {t_ref / t_ours:5.2f}x")
-        s = steps.shape[1]
-        td_ours, td_ref = best_times([ours_decode, ref_decode], args.repeats)
-        print(f"prefill {args.decode_prompt} + {s} steps: ours {td_ours * 1e3:8.1f} ms   reference "
-              f"{td_ref * 1e3:8.1f} ms   ratio {td_ref / td_ours:5.2f}x")
-        ts_ours, ts_ref = best_times([lambda: ours_decode(True), lambda: ref_decode(True)], args.repeats)
-        print(f"{s} decode steps alone: ours {ts_ours * 1e3:8.1f} ms   reference {ts_ref * 1e3:8.1f} ms   "
-              f"ratio {ts_ref / ts_ours:5.2f}x   ({ts_ours / s * 1e3:.2f} vs {ts_ref / s * 1e3:.2f} ms per token)")
-        # both pay the same lm_head matmul per token (vocab x hidden); without it, the stack alone
+        t = race({"ours": lambda: ours(x, logits_to_keep=1), "ref": lambda: ref(x, logits_to_keep=1)}, args.repeats)
+        report(f"prefill {args.prefill} tokens", t["ours"], t["ref"])
+        t = race({"ours": lambda: decoded(ours_prefilled), "ref": lambda: decoded(ref_prefilled)}, args.repeats)
+        report(f"prefill {args.decode_prompt} + {s} decode steps", t["ours"], t["ref"])
+        t = race({"ours": lambda: timed(ours_prefilled()[1]), "ref": lambda: timed(ref_prefilled()[1])}, args.repeats)
+        report(f"{s} decode steps alone", t["ours"], t["ref"],
+               f" ({t['ours'].median() / s * 1e3:.2f} vs {t['ref'].median() / s * 1e3:.2f} ms per token)")
+        # both pay the same lm_head matmul per token (vocab x hidden)
         h = torch.randn(1, 1, cfg.hidden_size)
-        (t_head,) = best_times([lambda: [ours.lm_head(h) for _ in range(s)]], args.repeats)
-        print(f"  of which the shared lm_head matmul: {t_head / s * 1e3:.2f} ms per token; the layer stack "
-              f"alone: ratio {(ts_ref - t_head) / (ts_ours - t_head):5.2f}x")
+        head = measure(lambda: [ours.lm_head(h) for _ in range(s)], args.repeats).median()
+        stack = (t["ours"].median() - head) / (t["ref"].median() - head)
+        print(f"    of which the shared lm_head matmul (timed alone, its weights warm in the cache: a lower bound): "
+              f"{head / s * 1e3:.2f} ms per token; the layer stack alone: ratio of medians {stack:.2f}x")
+
+    train_step(ours, ref, cfg, args.train_batch, args.train_len, args.repeats)
+
+
+def train_step(ours, ref, cfg, batch: int, length: int, repeats: int) -> None:
+    """Forward + backward of the training loss (with the load-balancing term), both in train mode."""
+    ids = torch.randint(0, cfg.vocab_size, (batch, length), generator=torch.Generator().manual_seed(2))
+    ours.train()
+    ref.train()
+
+    def step(model, kwargs):
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=ids, output_router_logits=True, **kwargs).loss.backward()
+
+    sides = {"ours": lambda: step(ours, {}), "ref": lambda: step(ref, {"use_cache": False})}
+    sides["ours"]()
+    sides["ref"]()
+    grads = dict(ref.named_parameters())
+    worst = max(max_abs_diff(p.grad, grads[n].grad) for n, p in ours.named_parameters()
+                if n in grads and grads[n].grad is not None)
+    # what both pay alike: the vocabulary projection and the cross-entropy, forward and backward
+    h = torch.randn(batch, length, cfg.hidden_size, requires_grad=True)
+
+    def head_and_loss():
+        ours.lm_head.weight.grad = h.grad = None
+        logits = ours.lm_head(h)
+        torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
+
+    sides["head + loss"] = head_and_loss
+    t = race(sides, repeats)
+    report(f"training step, batch {batch} x {length} tokens (gradients max |diff| {worst:.1e} on the parameters "
+           f"both name alike)", t["ours"], t["ref"])
+    shared = t["head + loss"].median()
+    print(f"    of which the vocabulary projection and the loss (the same products on both sides): {t['head + loss']}; "
+          f"the layers alone: ratio of medians {(t['ours'].median() - shared) / (t['ref'].median() - shared):.2f}x")
+    ours.eval()
+    ref.eval()
 
 
 if __name__ == "__main__":

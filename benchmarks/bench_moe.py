@@ -3,14 +3,14 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_moe.py [--dtype bfloat16|float32] [--tokens 1,16,256]
 
 512 experts of width 512, hidden 2048, top 10, one shared expert: 1.61B parameters, 3.2 GB in
-bfloat16 (the released dtype, the default here) or 6.4 GB in float32. The reference block is built on
-the meta device, its fused expert tensors are allocated once and filled, and our per-expert weights are
-views into them (``qwen3next.reference.tie_moe_weights``), so both sides read the very same memory.
+bfloat16 (the released dtype, the default here) or 6.4 GB in float32. The pair comes from
+``qwen3next.reference.real_width_moe_pair(own_memory=True)``: the reference block's fused expert tensors
+are allocated once and filled, and our per-expert weights are views into them, so both sides read the
+very same memory.
 
-Timed, one thread, inference mode, median of interleaved repetitions. The clock is the process's CPU
-time (``time.process_time``), not wall time: on a shared machine a process waits for a core a varying
-share of the time, which wall time counts and CPU time does not (with one thread the two agree on an
-idle machine). Contention for memory bandwidth still shows up, so compare ratios, not absolute times.
+Timed with ``benchmarks/timing.py`` (threads from ``OMP_NUM_THREADS``), inference mode, median of
+interleaved repetitions of CPU time. Contention for memory bandwidth on a shared machine still shows
+up, so compare ratios, not absolute times.
   ours:     dispatch "sorted" (the default), "loop", and "grouped" (only up to 16 tokens: it stacks
             the hit experts' weights, at 256 tokens nearly all of them, a second copy of the block)
   ref:      Qwen3NextSparseMoeBlock with experts_implementation "eager" (the reference's own loop) and
@@ -22,43 +22,13 @@ Ratios are ours / reference: below 1 means ours is faster.
 from __future__ import annotations
 
 import argparse
-import os
+import time
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch
+from timing import race, ratio, setup
 
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextSparseMoeBlock  # noqa: E402
-
-from qwen3next.config import Qwen3NextConfig  # noqa: E402
-from qwen3next.moe import SparseMoeBlock  # noqa: E402
-from qwen3next.reference import reference_config, tie_moe_weights  # noqa: E402
-
-
-def build(cfg: Qwen3NextConfig, dtype: torch.dtype, seed: int = 0):
-    """Reference block with random weights and our block sharing them (one copy in memory)."""
-    rc = reference_config(cfg)
-    rc._experts_implementation = "eager"
-    with torch.device("meta"):
-        ref = Qwen3NextSparseMoeBlock(rc).to(dtype)
-        ours = SparseMoeBlock(cfg).to(dtype)
-    ref.to_empty(device="cpu")
-    g = torch.Generator().manual_seed(seed)
-    # Drawing 1.6B normal numbers takes ~15 s; copying windows of a 16M-number random pool at random
-    # offsets is ten times faster and still gives every expert its own weights in its own memory.
-    pool = (torch.randn(1 << 24, generator=g) * 0.02).to(dtype)
-    chunk = 1 << 22
-    with torch.no_grad():
-        for p in ref.parameters():
-            flat = p.view(-1)
-            for start in range(0, flat.numel(), chunk):
-                n = min(chunk, flat.numel() - start)
-                offset = int(torch.randint(0, pool.numel() - n, (1,), generator=g))
-                flat[start:start + n].copy_(pool[offset:offset + n])
-    tie_moe_weights(ours, ref, source="reference")
-    return rc, ours, ref
+from qwen3next.config import Qwen3NextConfig
+from qwen3next.reference import real_width_moe_pair
 
 
 def main() -> None:
@@ -68,18 +38,18 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=512, help="fewer experts to save memory (default: 512)")
     parser.add_argument("--reps", type=int, default=0, help="repetitions (default: 20 / 8 / 4 by size)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    setup()
     dtype = getattr(torch, args.dtype)
     cfg = Qwen3NextConfig.full().replace(num_experts=args.experts)
     t0 = time.perf_counter()
-    rc, ours, ref = build(cfg, dtype)
+    cfg, ours, ref = real_width_moe_pair(dtype, cfg=cfg, own_memory=True)
     n_params = sum(p.numel() for p in ref.parameters())
     print(f"MoE block: {cfg.num_experts} experts x {cfg.moe_intermediate_size}, hidden {cfg.hidden_size}, "
           f"top {cfg.num_experts_per_tok}, {n_params / 1e9:.2f}B params in {args.dtype}; "
-          f"built in {time.perf_counter() - t0:.1f} s; threads {torch.get_num_threads()}")
+          f"built in {time.perf_counter() - t0:.1f} s")
 
     def reference(x, impl):
-        rc._experts_implementation = impl
+        ref.experts.config._experts_implementation = impl
         return ref(x)
 
     gen = torch.Generator().manual_seed(1)
@@ -101,28 +71,19 @@ def main() -> None:
             y = outs["ref eager"].float()
             worst = max((o.float() - y).abs().max().item() for o in outs.values())
             reps = args.reps or (20 if n == 1 else 8 if n <= 16 else 4)
-            times = {k: [] for k in fns}
-            for _ in range(reps):  # interleaved, so a busy moment slows every variant alike
-                for k, f in fns.items():
-                    t = time.process_time()
-                    f()
-                    times[k].append(time.process_time() - t)
-            med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-            rows.append((n, med, worst))
+            times = race(fns, reps, warmup=0)  # the check above warmed every variant up
+            rows.append((n, times, worst))
 
     names = ["ours sorted", "ours loop", "ours grouped", "ref eager", "ref grouped_mm", "ref batched_mm"]
     print("\nmedian CPU ms per call")
     print(f"{'tokens':>6} " + " ".join(f"{k:>15}" for k in names) + f" {'max|diff|':>10}")
-    for n, med, worst in rows:
-        cells = " ".join(f"{med[k]:15.2f}" if k in med else f"{'-':>15}" for k in names)
+    for n, times, worst in rows:
+        cells = " ".join(f"{times[k].median() * 1e3:15.2f}" if k in times else f"{'-':>15}" for k in names)
         print(f"{n:>6} {cells} {worst:10.2e}")
-    print("\nratios (ours sorted / reference; < 1: ours faster)")
-    for n, med, _ in rows:
-        r = [f"vs eager {med['ours sorted'] / med['ref eager']:.2f}x",
-             f"vs grouped_mm {med['ours sorted'] / med['ref grouped_mm']:.2f}x"]
-        if "ref batched_mm" in med:
-            r.append(f"vs batched_mm {med['ours sorted'] / med['ref batched_mm']:.2f}x")
-        print(f"{n:>6} tokens: " + ", ".join(r) + f"; per token {med['ours sorted'] / n:.2f} ms")
+    print("\nratios ours sorted / reference, run by run: median [range] (< 1: ours faster)")
+    for n, times, _ in rows:
+        r = [f"vs {k[4:]} {ratio(times['ours sorted'], times[k])}" for k in names if k.startswith("ref") and k in times]
+        print(f"{n:>6} tokens: " + ", ".join(r) + f"; per token {times['ours sorted'].median() * 1e3 / n:.2f} ms")
 
 
 if __name__ == "__main__":

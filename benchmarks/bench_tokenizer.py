@@ -4,28 +4,25 @@ The text is built deterministically (seeded shuffle of paragraphs) from fixed lo
 corpus snapshot shipped with the package (English prose, Markdown, Python) and the Chinese / Japanese /
 Arabic / Russian / emoji paragraphs written here. Paragraphs repeat (about 90 KB of distinct prose and
 code), so the word cache helps; the "cold" time includes filling it.
-Prints times, throughput and the ratio ours / reference; checks the ids agree.
+Prints times (median [range], ``benchmarks/timing.py``), throughput and the ratio ours / reference;
+checks the ids agree. The Rust side's threads come from the environment as well (``make bench`` sets
+``RAYON_NUM_THREADS=1`` and ``TOKENIZERS_PARALLELISM=false``):
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_tokenizer.py
+    OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false .venv/bin/python benchmarks/bench_tokenizer.py
 """
 
 from __future__ import annotations
 
 import os
+import random
+import time
 
-# one thread for the Rust side (set before tokenizers is imported)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("RAYON_NUM_THREADS", "1")
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
+import tokenizers
+from timing import measure, ratio, setup
 
-import random  # noqa: E402
-import time  # noqa: E402
-
-import tokenizers  # noqa: E402
-
-from qwen3next.bpe_trainer import load_corpus  # noqa: E402
-from qwen3next.tokenizer import Tokenizer  # noqa: E402
-from qwen3next.tokenizer_files import qwen3_files_dir  # noqa: E402
+from qwen3next.bpe_trainer import load_corpus
+from qwen3next.tokenizer import Tokenizer
+from qwen3next.tokenizer_files import qwen3_files_dir
 
 MULTILINGUAL = [
     "通义千问是一个大型语言模型，能够回答问题、创作文字，还能表达观点、撰写代码。",
@@ -55,16 +52,9 @@ def mixed_text(n_bytes: int = 1 << 20, seed: int = 0) -> str:
     return "\n\n".join(out)
 
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def main() -> None:
+    setup()
+    print(f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'unset (all cores)')}")
     text = mixed_text()
     mb = len(text.encode("utf-8")) / 1e6
     ref = tokenizers.Tokenizer.from_file(str(qwen3_files_dir() / "tokenizer.json"))
@@ -73,39 +63,40 @@ def main() -> None:
     tok = Tokenizer.qwen3()
     load = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    ids = tok.encode(text)  # cold: empty word cache
-    cold = time.perf_counter() - t0
-    warm = best_of(lambda: tok.encode(text), 3)
-    ref_time = best_of(lambda: ref.encode(text), 3)
+    t0 = time.process_time()
+    ids = tok.encode(text)  # cold: empty word cache (a single run: the cache is filled after it)
+    cold = time.process_time() - t0
+    warm = measure(lambda: tok.encode(text), 3, warmup=0)
+    ref_time = measure(lambda: ref.encode(text), 3)
     ref_ids = ref.encode(text).ids
     assert ids == ref_ids, "ids differ from the reference"
 
     # the reference is slow on one 1 MB string (offset bookkeeping); per paragraph it is faster
     paragraphs = text.split("\n\n")
-    ref_para = best_of(lambda: ref.encode_batch(paragraphs), 3)
-    tok_para = best_of(lambda: [tok.encode(p) for p in paragraphs], 3)
+    ref_para = measure(lambda: ref.encode_batch(paragraphs), 3)
+    tok_para = measure(lambda: [tok.encode(p) for p in paragraphs], 3)
 
     # no repetition at all: the corpus once, each run on a fresh tokenizer (empty cache)
     once = "\n\n".join(load_corpus().values()) + "\n\n" + "\n\n".join(MULTILINGUAL)
     once_mb = len(once.encode("utf-8")) / 1e6
-    cold_once = best_of(lambda: Tokenizer.qwen3().encode(once), 3) - best_of(Tokenizer.qwen3, 3)
-    ref_once = best_of(lambda: ref.encode(once), 3)
+    cold_once = measure(lambda: Tokenizer.qwen3().encode(once), 3).median() - measure(Tokenizer.qwen3, 3).median()
+    ref_once = measure(lambda: ref.encode(once), 3)
 
-    dec = best_of(lambda: tok.decode(ids), 3)
-    ref_dec = best_of(lambda: ref.decode(ids, skip_special_tokens=False), 3)
+    dec = measure(lambda: tok.decode(ids), 3)
+    ref_dec = measure(lambda: ref.decode(ids, skip_special_tokens=False), 3)
     assert tok.decode(ids) == ref.decode(ids, skip_special_tokens=False)
 
+    w, r = warm.median(), ref_time.median()
     print(f"text: {mb:.2f} MB, {len(text):,} characters, {len(ids):,} tokens (ids equal to tokenizers: True)")
     print(f"load Tokenizer.qwen3(): {load:.2f} s")
-    print(f"encode  ours cold {cold:.3f} s ({mb / cold:.2f} MB/s) | ours warm {warm:.3f} s ({mb / warm:.2f} MB/s) "
-          f"| tokenizers {ref_time:.3f} s ({mb / ref_time:.2f} MB/s)")
-    print(f"encode ratio ours/tokenizers: cold {cold / ref_time:.2f}x, warm {warm / ref_time:.2f}x (target < 3x)")
-    print(f"per paragraph ({len(paragraphs):,} strings): ours warm {tok_para:.3f} s | tokenizers encode_batch "
-          f"{ref_para:.3f} s | ratio {tok_para / ref_para:.2f}x")
-    print(f"distinct text ({once_mb:.2f} MB, empty cache): ours {cold_once:.3f} s | tokenizers {ref_once:.3f} s | "
-          f"ratio {cold_once / ref_once:.2f}x")
-    print(f"decode  ours {dec:.3f} s | tokenizers {ref_dec:.3f} s | ratio {dec / ref_dec:.2f}x")
+    print(f"encode  ours cold {cold:.3f} s ({mb / cold:.2f} MB/s) | ours warm {warm} ({mb / w:.2f} MB/s) "
+          f"| tokenizers {ref_time} ({mb / r:.2f} MB/s)")
+    print(f"encode ratio ours/tokenizers: cold {cold / r:.2f}x, warm {ratio(warm, ref_time)} (target < 3x)")
+    print(f"per paragraph ({len(paragraphs):,} strings): ours warm {tok_para} | tokenizers encode_batch "
+          f"{ref_para} | ratio {ratio(tok_para, ref_para)}")
+    print(f"distinct text ({once_mb:.2f} MB, empty cache): ours {cold_once:.3f} s | tokenizers {ref_once} | "
+          f"ratio of medians {cold_once / ref_once.median():.2f}x")
+    print(f"decode  ours {dec} | tokenizers {ref_dec} | ratio {ratio(dec, ref_dec)}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ processes three ways and prints one row each, with ratios:
 
 Peak memory is the process's own high-water mark (``VmHWM`` after resetting it through
 ``/proc/self/clear_refs``), measured from just before loading to the end of decoding, so imports do
-not count. Linux only. Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_weights.py``
-(options: ``--layers``, ``--experts``, ``--tokens``, ``--keep DIR``).
+not count. Each mode runs ``--runs`` times in fresh processes, the modes taking turns; times are the
+median [range] (``benchmarks/timing.py``), threads from ``OMP_NUM_THREADS``. Linux only.
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_weights.py`` (options: ``--layers``,
+``--experts``, ``--tokens``, ``--runs``, ``--keep DIR``).
 """
 
 from __future__ import annotations
@@ -19,53 +21,70 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-WORKER = r"""
-import json, sys, time, torch
-torch.set_num_threads(1)
-mode, path, n_new, cache = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-from qwen3next.config import Qwen3NextConfig
-from qwen3next.model import Qwen3NextForCausalLM
-from qwen3next.generate import generate
-import transformers
-with torch.no_grad():  # warm up lazy imports so that they do not count as weights
-    Qwen3NextForCausalLM(Qwen3NextConfig.tiny())(torch.arange(4)[None])
 
-def status(key):
-    return int(next(l for l in open("/proc/self/status") if l.startswith(key + ":")).split()[1]) * 1024
+def worker(mode: str, path: str, n_new: int, cache: int) -> None:
+    """One load + greedy decode in this (fresh) process; prints a JSON line of what it measured."""
+    import torch
+    import transformers
+    from timing import setup, timed
 
-open("/proc/self/clear_refs", "w").write("5")
-base = status("VmRSS")
-t0 = time.perf_counter()
-if mode == "reference":
-    model = transformers.Qwen3NextForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
-else:
-    model = Qwen3NextForCausalLM.from_pretrained(path, offload_experts=mode == "offload", expert_cache_size=cache)
-load_s = time.perf_counter() - t0
-resident = status("VmRSS") - base
-ids = torch.arange(16)[None] % model.config.vocab_size
-with torch.no_grad():
-    t1 = time.perf_counter()
-    if mode == "reference":
-        out = model.generate(ids, max_new_tokens=n_new, do_sample=False, min_new_tokens=n_new)
-    else:
-        out = generate(model, ids, n_new)
-    gen_s = time.perf_counter() - t1
-print(json.dumps({"load_s": load_s, "resident": resident, "peak": status("VmHWM") - base, "tok_s": n_new / gen_s,
-                  "tokens": out[0, 16:].tolist()}))
-"""
+    from qwen3next.config import Qwen3NextConfig
+    from qwen3next.generate import generate
+    from qwen3next.model import Qwen3NextForCausalLM
+
+    setup()
+    with torch.no_grad():  # warm up lazy imports so that they do not count as weights
+        Qwen3NextForCausalLM(Qwen3NextConfig.tiny())(torch.arange(4)[None])
+
+    def status(key):
+        return int(next(line for line in open("/proc/self/status") if line.startswith(key + ":")).split()[1]) * 1024
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark
+    base = status("VmRSS")
+    loaded = {}
+
+    def load():
+        if mode == "reference":
+            loaded["model"] = transformers.Qwen3NextForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+        else:
+            loaded["model"] = Qwen3NextForCausalLM.from_pretrained(path, offload_experts=mode == "offload",
+                                                                   expert_cache_size=cache)
+
+    load_t = timed(load)
+    model = loaded["model"]
+    resident = status("VmRSS") - base
+    ids = torch.arange(16)[None] % model.config.vocab_size
+    out = {}
+
+    def decode():
+        if mode == "reference":
+            out["ids"] = model.generate(ids, max_new_tokens=n_new, do_sample=False, min_new_tokens=n_new)
+        else:
+            out["ids"] = generate(model, ids, n_new)
+
+    with torch.no_grad():
+        gen_t = timed(decode)
+    print(json.dumps({"load": [load_t.cpu, load_t.wall], "decode": [gen_t.cpu, gen_t.wall], "resident": resident,
+                      "peak": status("VmHWM") - base, "tokens": out["ids"][0, 16:].tolist()}))
+
+
+def _s(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.2f} s [{min(xs):.2f}-{max(xs):.2f}]"
 
 
 def describe_full() -> dict[str, int]:
     """Weight memory of the released model in each mode, from its config alone."""
     import math
 
-    from qwen3next.checkpoint import component_of, hub_layout
     from qwen3next.config import Qwen3NextConfig
+    from qwen3next.hub_layout import component_of, hub_layout
 
     layout = hub_layout(Qwen3NextConfig.full())
     total = sum(math.prod(e.shape) for e in layout.values())
@@ -80,10 +99,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8, help="new tokens to decode")
     parser.add_argument("--cache", type=int, default=20, help="experts in the offload cache")
     parser.add_argument("--keep", default=None, help="write the checkpoint here and keep it")
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per mode")
+    parser.add_argument("--worker", nargs=4, metavar=("MODE", "PATH", "TOKENS", "CACHE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        mode, path, n_new, cache = args.worker
+        return worker(mode, path, int(n_new), int(cache))
 
     import torch
     import transformers
+    from timing import Timing, ratio
 
     from qwen3next.config import Qwen3NextConfig
     from qwen3next.inspection import describe, human_bytes
@@ -107,23 +132,25 @@ def main() -> None:
     print(f"checkpoint: {args.layers} layers, {args.experts} experts of width 512 at hidden 2048; "
           f"{s.model_params:,} parameters ({s.expert_params:,} in routed experts), {human_bytes(s.file_bytes)}")
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    rows = {}
-    for mode in ("reference", "ours", "offload"):
-        res = subprocess.run([sys.executable, "-c", WORKER, mode, path, str(args.tokens), str(args.cache)],
-                             capture_output=True, text=True, env=env, timeout=1800)
-        if res.returncode != 0:
-            raise SystemExit(f"{mode} failed:\n{res.stderr[-3000:]}")
-        rows[mode] = json.loads(res.stdout.strip().splitlines()[-1])
-
+    runs = {mode: [] for mode in ("reference", "ours", "offload")}
+    for _ in range(args.runs):  # the modes take turns, each run in a fresh process
+        for mode, results in runs.items():
+            res = subprocess.run([sys.executable, __file__, "--worker", mode, path, str(args.tokens), str(args.cache)],
+                                 capture_output=True, text=True, timeout=1800)
+            if res.returncode != 0:
+                raise SystemExit(f"{mode} failed:\n{res.stderr[-3000:]}")
+            results.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    load = {mode: Timing([r["load"][0] for r in rs], [r["load"][1] for r in rs]) for mode, rs in runs.items()}
+    decode = {mode: Timing([r["decode"][0] for r in rs], [r["decode"][1] for r in rs]) for mode, rs in runs.items()}
+    rows = {mode: {k: statistics.median(r[k] for r in rs) for k in ("resident", "peak")} | {"tokens": rs[0]["tokens"]}
+            for mode, rs in runs.items()}
     ref = rows["reference"]
-    print(f"\n{'mode':<11}{'load s':>8}{'after load':>14}{'peak':>14}{'tokens/s':>10}"
-          f"   vs reference: load  after  peak  speed")
+    print(f"\n{args.runs} run(s) per mode; load and decode: wall time, median [range]; ratios to the reference")
     for mode, r in rows.items():
-        print(f"{mode:<11}{r['load_s']:>8.2f}{human_bytes(r['resident']):>14}{human_bytes(r['peak']):>14}"
-              f"{r['tok_s']:>10.2f}   {'':>13}{r['load_s'] / ref['load_s']:>5.2f} "
-              f"{r['resident'] / ref['resident']:>6.2f} {r['peak'] / ref['peak']:>5.2f} "
-              f"{r['tok_s'] / ref['tok_s']:>6.2f}")
+        print(f"{mode:<10} load {_s(load[mode].wall)} ({ratio(load[mode], load['reference'], 'wall')}), "
+              f"decode {args.tokens / decode[mode].median('wall'):.2f} tokens/s "
+              f"(time {ratio(decode[mode], decode['reference'], 'wall')}); after load {human_bytes(r['resident'])} "
+              f"({r['resident'] / ref['resident']:.2f}), peak {human_bytes(r['peak'])} ({r['peak'] / ref['peak']:.2f})")
     print(f"\nsame greedy tokens: ours == reference {rows['ours']['tokens'] == ref['tokens']}, "
           f"offload == ours {rows['offload']['tokens'] == rows['ours']['tokens']}")
     print(f"offload / in-memory: resident after load {rows['offload']['resident'] / rows['ours']['resident']:.2f}, "

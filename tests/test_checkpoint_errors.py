@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from qwen3next.checkpoint import CheckpointError, check_checkpoint, open_checkpoint, read_header, read_tensor
+from qwen3next.checkpoint import check_checkpoint, open_checkpoint
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.fp8 import write_fp8_checkpoint
 from qwen3next.model import Qwen3NextForCausalLM
+from qwen3next.safetensors_file import CheckpointError, read_header, read_tensor
 from qwen3next.weights import load_mtp, load_weights
 
 CFG = Qwen3NextConfig.tiny(num_hidden_layers=4)
@@ -354,11 +355,13 @@ def test_non_finite_weight_is_named(state, tmp_path, value):
     bad[name][3, 5] = value
     d = _write_checkpoint(tmp_path / "nan", bad)
     _refused(d, repr(name), "1 non-finite value", "check_finite=False")
-    # the opt-out loads it as it is
+    # the opt-out loads it as it is (from_pretrained passes it to load_weights)
     ckpt = open_checkpoint(d)
     with torch.device("meta"):
         model = Qwen3NextForCausalLM(ckpt.config)
     load_weights(model, ckpt, check_finite=False)
+    loaded = Qwen3NextForCausalLM.from_pretrained(d, check_finite=False).state_dict()[name]
+    torch.testing.assert_close(loaded, model.state_dict()[name], rtol=0, atol=0, equal_nan=True)
     w = model.state_dict()[name][3, 5]
     assert w.isnan().item() if value != value else w.item() == value
 

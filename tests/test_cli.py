@@ -8,6 +8,7 @@ what ``generate`` produces, as it is produced.
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -123,3 +124,91 @@ def test_generate_refuses_a_vocabulary_mismatch(tmp_path):
 def test_generate_checks_max_new_tokens(ckpt):
     rc, _, err = _run("generate", "--model", ckpt, "--prompt", "x", "--max-new-tokens", 0)
     assert rc == 2 and "--max-new-tokens" in err
+
+
+# ----------------------------------------------------------------------------------- bad input
+def _bad_inputs(ckpt: Path, tmp: Path) -> list[tuple[list, str]]:
+    """(arguments, what the one error line must say) for every kind of bad input."""
+    g = ["generate", "--model", ckpt, "--prompt", "Hi"]
+    (tmp / "file.txt").write_text("not a directory")
+    return [
+        ([], "the following arguments are required: command"),
+        (["serve"], "invalid choice: 'serve'"),
+        (["generate", "--prompt", "x"], "the following arguments are required: --model"),
+        (["inspect", tmp / "missing"], "no such checkpoint directory"),
+        (["inspect", tmp / "file.txt"], "no such checkpoint directory"),
+        (["inspect", tmp], "no weights"),
+        (["generate", "--model", tmp / "missing", "--prompt", "x"], "--model"),
+        ([*g, "--tokenizer", tmp / "missing"], "--tokenizer"),
+        ([*g, "--device", "cuda:7"], "--device: 'cuda:7' is not available"),
+        ([*g, "--device", "gpu"], "--device: 'gpu' is not a device"),
+        ([*g, "--device", "meta"], "--device: weights cannot be loaded onto the meta device"),
+        ([*g, "--max-new-tokens", "abc"], "--max-new-tokens: invalid int value: 'abc'"),
+        ([*g, "--max-new-tokens", "0"], "--max-new-tokens: expected a positive integer, found 0"),
+        ([*g, "--max-new-tokens", "-3"], "--max-new-tokens: expected a positive integer"),
+        ([*g, "--max-new-tokens", "1e3"], "--max-new-tokens: invalid int value"),
+        ([*g, "--temperature", "hot"], "--temperature: invalid float value"),
+        ([*g, "--temperature", "-1"], "--temperature: expected a finite number >= 0"),
+        ([*g, "--temperature", "nan"], "--temperature: expected a finite number >= 0"),
+        ([*g, "--temperature", "inf"], "--temperature: expected a finite number >= 0"),
+        ([*g, "--top-k", "-1"], "--top-k: expected an integer >= 0"),
+        ([*g, "--top-p", "0"], "--top-p: expected a number in (0, 1]"),
+        ([*g, "--top-p", "1.5"], "--top-p: expected a number in (0, 1]"),
+        ([*g, "--top-p", "nan"], "--top-p: expected a number in (0, 1]"),
+        ([*g, "--seed", "-1"], "--seed: expected an integer in 0 .. 2**64 - 1"),
+        ([*g, "--seed", str(2**64)], "--seed: expected an integer in 0 .. 2**64 - 1"),
+        ([*g, "--seed", "x"], "--seed: invalid int value"),
+        ([*g, "--expert-cache", "0"], "--expert-cache: expected a positive number of experts"),
+        ([*g, "--dtype", "int8"], "--dtype: invalid choice: 'int8'"),
+        ([*g, "--prompt", ""], "--prompt: the prompt encodes to no tokens"),
+        ([*g, "--bogus"], "unrecognized arguments: --bogus"),
+        (["chat", "--model", ckpt, "--max-len", "0"], "--max-len: expected a positive number of tokens"),
+        (["chat", "--model", ckpt, "--temperature", "-1"], "--temperature: expected a finite number >= 0"),
+        (["chat", "--model", ckpt, "--tools", tmp / "missing.json"], "--tools"),
+        (["chat", "--model", ckpt, "--device", "gpu"], "--device: 'gpu' is not a device"),
+    ]
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert all(not line.strip() or line.startswith(("error:", "  ", "[")) for line in lines), err
+    return errors[0]
+
+
+def test_every_bad_input_is_one_error_line(ckpt, tmp_path):
+    for argv, expected in _bad_inputs(ckpt, tmp_path):
+        rc, out, err = _run(*argv)
+        assert rc == 2, (argv, err)
+        assert expected in _one_error_line(err), (argv, err)
+
+
+def test_bad_input_as_a_process_prints_no_traceback(ckpt, tmp_path):
+    """The same through ``python -m qwen3next`` (a handful, started side by side: each pays for importing torch)."""
+    wanted = ("the following arguments are required: command", "--device: 'cuda:7' is not available", "no weights",
+              "--max-new-tokens: invalid int value: 'abc'")
+    cases = [c for c in _bad_inputs(ckpt, tmp_path) if c[1] in wanted]
+    assert len(cases) == len(wanted)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("QWEN3NEXT_TRACEBACK", None)
+    procs = [(subprocess.Popen([sys.executable, "-m", "qwen3next", *map(str, argv)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env), expected) for argv, expected in cases]
+    for p, expected in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 2 and out == "", (p.args, err)
+        assert expected in _one_error_line(err), (p.args, err)
+
+
+def test_a_checkpoint_report_is_one_error_line_with_details(ckpt, tmp_path):
+    import shutil
+
+    d = tmp_path / "c"
+    shutil.copytree(ckpt, d)
+    raw = json.loads((d / "config.json").read_text())
+    raw["hidden_size"] = 48
+    (d / "config.json").write_text(json.dumps(raw))
+    rc, out, err = _run("generate", "--model", d, "--prompt", "Hi")
+    assert rc == 2
+    assert "the weights do not match" in _one_error_line(err)
+    assert "  - " in err and "hidden_size: config.json has 48" in err

@@ -191,3 +191,18 @@ def test_single_step_matches_the_loop_and_updates_the_state_in_place():
     o = recurrent_gated_delta_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], h)
     assert o.shape == (B, Hv, Dv)
     assert (o - o_loop[:, 0]).abs().max() <= 1e-5 and (h - h_loop).abs().max() <= 1e-5
+
+
+def test_single_step_takes_broadcast_gates_and_names_a_bad_state():
+    """Gates expanded from one value (not contiguous) are fine; a state that cannot be updated in place is
+    refused by name."""
+    from qwen3next.delta_rule import recurrent_gated_delta_step
+
+    q, k, v, g, beta, _ = make_inputs(B=3, T=1, Hk=2, Hv=4)
+    h = torch.zeros(3, 4, 8, 6)
+    g_b, beta_b = g[:1, 0, :1].expand(3, 4), beta[:1, 0, :1].expand(3, 4)  # one value for every row and head
+    o = recurrent_gated_delta_step(q[:, 0], k[:, 0], v[:, 0], g_b, beta_b, h.clone())
+    o_ref = recurrent_gated_delta_step(q[:, 0], k[:, 0], v[:, 0], g_b.contiguous(), beta_b.contiguous(), h.clone())
+    assert torch.equal(o, o_ref)
+    with pytest.raises(ValueError, match="h: expected a contiguous float32"):
+        recurrent_gated_delta_step(q[:, 0], k[:, 0], v[:, 0], g_b, beta_b, h.transpose(2, 3))

@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qwen3next.engine import Engine, Request, compare_with_alone, run_alone
-from qwen3next.packed_step import PackedRunner
+from qwen3next.packed_step import PackedRunner, Segment, Sequence
+from qwen3next.paged_kv import BlockPool, BlockTable
+from qwen3next.state_pool import StatePool
 
 TOL = 1e-5
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -86,6 +88,20 @@ def test_a_wrong_slot_index_is_caught(model, monkeypatch):
     Engine(model, max_running=2, max_tokens_per_step=32, record_logits=True).run(requests)
     result = compare_with_alone(model, requests)
     assert result.max_abs_diff > 1e-2, "a wrong slot must change the logits"
+
+
+def test_one_token_pieces_of_one_prompt_in_one_step_run_in_order(model):
+    """Segments 0..3, 3..4, 4..5 of one prompt in a single step: the two one-token pieces must not
+    form a decode batch (both rows would read the state at 3), so the logits equal one pass."""
+    prompt = workload([(5, 1, 0)], model.config.vocab_size, seed=8)[0].prompt
+    kv, states = BlockPool.for_config(model.config, 4, 2), StatePool.for_config(model.config, 1)
+    table = BlockTable(kv)
+    table.reserve(len(prompt))
+    seq = Sequence(list(prompt), table, states.allocate())
+    pieces = [Segment(seq, 0, 3), Segment(seq, 3, 4), Segment(seq, 4, 5, logits=True)]
+    logits = PackedRunner(model, kv, states).step(pieces)[0]
+    _, alone = run_alone(model, prompt, 1)
+    assert (logits - alone[0]).abs().max() <= TOL
 
 
 def test_sampling_with_a_seed_equals_running_alone(model):

@@ -42,8 +42,10 @@ def test_value_checks(capsys):
     slowest = 2 * math.pi / RotaryEmbedding(cfg).inv_freq[-1].item()
     assert ex.check_slowest_wavelength(slowest) and not ex.check_slowest_wavelength(2 * math.pi)
     assert ex.check_yarn_unchanged_pairs(15) and not ex.check_yarn_unchanged_pairs(22)
+    yarn = RotaryEmbedding(cfg.replace(rope_scaling=dict(ex.YARN))).inv_freq
+    assert int((yarn == RotaryEmbedding(cfg).inv_freq).sum()) == 15  # the package's own YaRN agrees
     w = ex.exercise_norm().weight.detach()
-    assert ex.check_plain_gain(1 + w) and not ex.check_plain_gain(w)
+    assert ex.check_plain_gain(1 + w) and not ex.check_plain_gain(w) and not ex.check_plain_gain([1.0] * 8)
     assert not ex.check_slowest_wavelength(...) and not ex.check_plain_gain(...)
     out = capsys.readouterr().out
-    assert out.count("Correct!") == 3 and out.count("Not yet") == 5
+    assert out.count("Correct!") == 3 and out.count("Not yet") == 6

@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "qwen3next"
 MAX_LINES = 450
 # Modules allowed over MAX_LINES while they are being split; each entry must still be over the limit.
-OVER_LIMIT_WHILE_SPLIT = {"checkpoint.py"}
+OVER_LIMIT_WHILE_SPLIT: set[str] = set()
 
 
 def module_name(path: Path) -> str:

@@ -112,6 +112,20 @@ def test_prefix_hits_equal_cold_runs(model, prefix_len, tails, block_size, mode,
     assert engine.cache.hit_tokens == sum(r.cached_tokens for r in requests)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_hit_continued_in_one_token_pieces_equals_a_cold_run(model, seed):
+    """A case the property test found: a 2-token hit, blocks of 2, "all" mode. The second prompt's
+    last chunk, 7..9, is split at 8 into two one-token pieces in one step; they must run one after
+    the other (the second continues the DeltaNet state the first leaves), not as two decode rows
+    that both read the state at 7."""
+    requests = _shared_prefix_requests(model.config.vocab_size, seed, 2, [5, 7])
+    engine = _run(model, requests, "all", block_size=2, budget=6)
+    assert [r.cached_tokens for r in requests] == [0, 2]
+    assert (1, "prefill", 2) in [w for r in engine.records for w in r.work]  # the pieces 7..8 and 8..9
+    result = compare_with_alone(model, requests)
+    assert result.identical == 2 and result.max_abs_diff <= TOL
+
+
 def test_an_empty_snapshot_is_caught(model, monkeypatch):
     """Snapshots never written (all zeros): the second request resumes from no DeltaNet memory."""
     monkeypatch.setattr(packed_step, "copy_slot", lambda *args, **kwargs: None)

@@ -162,20 +162,3 @@ def test_errors_name_the_problem():
         apply_rotary(torch.randn(2, 4, cfg.head_dim), cos, sin)
     with pytest.raises(ValueError, match="rotary_dim"):
         default_inv_freq(1e4, 7)
-
-
-def test_chapter03_exercise_checks():
-    from qwen3next.exercises import ch03_norms_and_rope as ex
-
-    rope = RotaryEmbedding(Qwen3NextConfig.full())
-    assert ex.check_slowest_wavelength(2 * math.pi / rope.inv_freq[-1].item())
-    assert not ex.check_slowest_wavelength(1 / rope.inv_freq[-1].item())  # forgot the 2 pi
-    yarn = RotaryEmbedding(Qwen3NextConfig.full().replace(rope_scaling=dict(YARN)))
-    unchanged = int((yarn.inv_freq == rope.inv_freq).sum())
-    assert 0 < unchanged < 32 and ex.check_yarn_unchanged_pairs(unchanged)
-    assert not ex.check_yarn_unchanged_pairs(unchanged - 1)
-    assert ex.check_qk_temperature(yarn.attention_scaling**2)
-    assert not ex.check_qk_temperature(yarn.attention_scaling)
-    norm = ex.exercise_norm()
-    assert ex.check_plain_gain(1 + norm.weight.detach())
-    assert not ex.check_plain_gain(norm.weight.detach()) and not ex.check_plain_gain([1.0] * 8)

@@ -95,3 +95,10 @@ def test_a_snapshot_restores_the_states_exactly():
     copy_slot(snaps, keep, pool, slot)  # ... and comes back
     assert torch.equal(pool.recurrent[:, slot], before[0]) and torch.equal(pool.conv[:, slot], before[1])
     assert pool.nbytes_per_slot() == 6 * (CFG.linear_conv_dim * 4 + 4 * 16 * 16) * 4
+
+
+def test_writing_two_rows_to_one_slot_is_refused():
+    pool = StatePool.for_config(CFG, 2)
+    state = pool.gather(0, [0, 0])  # reading a slot twice is harmless; writing it twice is ambiguous
+    with pytest.raises(ValueError, match=r"slots \[0, 0\] repeat a slot"):
+        pool.scatter(0, [0, 0], state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import unicodedata
 from collections import Counter
@@ -334,6 +335,35 @@ def test_missing_and_malformed_files(tmp_path):
         Tokenizer.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("change, expected", [
+    (lambda d: d.update(normalizer=["NFC"]), "normalizer must be NFC or null"),
+    (lambda d: d.update(pre_tokenizer=[1]), "pre_tokenizer must be an object"),
+    (lambda d: d["pre_tokenizer"].update(pretokenizers=[{"type": "Split", "behavior": "Isolated", "pattern": "x"}]),
+     "needs a {'Regex': pattern}"),
+    (lambda d: d["model"].update(vocab=["a"]), "model.vocab must map"),
+    (lambda d: d["model"].update(merges=[1]), "model.merges must be a list"),
+    (lambda d: d["model"].update(merges=[["a", 1]]), "every merge must be a pair of strings"),
+    (lambda d: d.update(added_tokens=[{"content": "<x>"}]), "integer 'id'"),
+    (lambda d: d.update(added_tokens=[{"content": 5, "id": 3}]), "string 'content'"),
+])
+def test_wrongly_typed_tokenizer_json_fields(tmp_path, change, expected):
+    data = json.loads((qwen3_files_dir() / "tokenizer.json").read_text(encoding="utf-8"))
+    data["model"]["merges"] = data["model"]["merges"][:10]
+    change(data)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"tokenizer\.json: .*" + re.escape(expected)):
+        Tokenizer.from_pretrained(tmp_path)
+
+
+def test_tokenizer_files_that_are_not_json(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"tokenizer\.json: nested too deeply"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_bytes(b'{"model": "\xff"}')
+    with pytest.raises(ValueError, match=r"tokenizer\.json: not UTF-8"):
+        Tokenizer.from_pretrained(tmp_path)
+
+
 def test_repo_id_offline_is_a_clear_error(monkeypatch):
     # offline for sure, whenever huggingface_hub was imported: nothing may reach the network in tests
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -520,20 +550,3 @@ def tok_words(text):
     import regex
 
     return [to_byte_symbols(w) for w in regex.findall(QWEN_PATTERN, unicodedata.normalize("NFC", text))]
-
-
-# ----------------------------------------------------------------------------- exercise checks
-
-
-def test_exercise_checks(tok):
-    from qwen3next.exercises import ch02_tokenizer as ex
-
-    text = ex.EXERCISE_TEXT
-    assert ex.check_count_tokens(len(tok.encode(text)))
-    assert not ex.check_count_tokens(len(tok.encode(text)) + 1)
-    assert ex.check_first_merge(tok.merge_steps(ex.EXERCISE_WORD)[1][1])
-    assert not ex.check_first_merge(("x", "y"))
-    assert ex.check_gap(151936 - len(tok))
-    assert not ex.check_gap(0)
-    assert ex.check_byte_of_space(bytes_to_unicode()[0x20])
-    assert not ex.check_byte_of_space(" ")

@@ -19,23 +19,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from qwen3next.checkpoint import (
-    INDEX_FILE,
-    CheckpointError,
-    MissingFileError,
-    check_checkpoint,
-    component_of,
-    hub_layout,
-    mtp_layout,
-    open_checkpoint,
-    read_header,
-    read_tensor,
-)
+from qwen3next.checkpoint import INDEX_FILE, check_checkpoint, open_checkpoint
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.fp8 import dequantize_fp8, quantize_fp8, write_fp8_checkpoint
+from qwen3next.hub_layout import component_of, hub_layout, mtp_layout
 from qwen3next.inspection import describe, format_summary
 from qwen3next.model import Qwen3NextForCausalLM
 from qwen3next.reference import max_abs_diff, random_reference_model
+from qwen3next.safetensors_file import CheckpointError, MissingFileError, read_header, read_tensor
 from qwen3next.weights import load_mtp
 
 CFG = Qwen3NextConfig.tiny(num_hidden_layers=4)  # 3 Gated DeltaNet layers + 1 gated attention layer
@@ -136,7 +127,8 @@ def test_hub_layout_is_the_models_state_dict(overrides):
 
 
 def test_hub_layout_of_the_release_matches_the_published_counts():
-    # SPEC section 4: 75,944 tensors and 81,324,862,720 parameters including the MTP module
+    # the book's reference page, "Checkpoint layout": 75,944 tensors and 81,324,862,720 parameters,
+    # the MTP module included
     cfg = Qwen3NextConfig.full()
     layout, mtp = hub_layout(cfg), mtp_layout(cfg)
     from qwen3next.accounting import parameter_counts
@@ -228,6 +220,22 @@ def test_fp8_block_round_trip_within_fp8_error():
     assert (back - w).abs().max() > 0  # it really was quantised
     # each block's largest value lands exactly on the largest e4m3 value
     assert q.float().abs().max().item() == 448.0
+
+
+def test_fp8_relative_error_bound_holds_only_in_the_normal_range():
+    """2^-4 relative holds where |W / s| >= 2^-6 (e4m3's normal range); below it the step is a fixed
+    2^-9 s, so the error is at most 2^-10 s in absolute terms and up to 100% relative (rounding to 0)."""
+    torch.manual_seed(0)
+    w = torch.randn(1024, 1024)  # 1,048,576 Gaussian weights
+    q, scale_inv = quantize_fp8(w, (128, 128))
+    back = dequantize_fp8(q, scale_inv, (128, 128), torch.float32)
+    s = scale_inv.repeat_interleave(128, 0).repeat_interleave(128, 1)
+    err, rel = (back - w).abs(), (back - w).abs() / w.abs()
+    normal = (w / s).abs() >= 2**-6
+    assert (rel[normal] <= 2**-4).all() and rel[normal].max() > 0.058  # 1/17: the worst case, reached
+    assert (err <= torch.maximum(2**-4 * w.abs(), 2**-10 * s) * (1 + 2**-20)).all()  # the whole bound
+    assert int((~normal).sum()) == 114 and int((rel > 2**-4).sum()) == 55  # the numbers the chapter quotes
+    assert ((back == 0) & (w != 0)).any()
 
 
 def test_fp8_checkpoint_dequantises_within_fp8_error(sharded, ref, tmp_path, ids, ref_logits):
@@ -582,3 +590,14 @@ def test_download_passes_the_right_arguments(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="repo_id"):
         hub.download("not-a-repo")
     assert len(calls) == 2
+
+
+def test_dequantize_refuses_scales_of_the_wrong_shape():
+    q, scale_inv = quantize_fp8(torch.randn(40, 20), (16, 16))
+    assert scale_inv.shape == (3, 2)
+    with pytest.raises(ValueError, match=r"scale_inv: expected shape \[3, 2\].*found \[2, 2\]"):
+        dequantize_fp8(q, scale_inv[:2], (16, 16))
+    with pytest.raises(ValueError, match="w: expected a 2-D weight"):
+        quantize_fp8(torch.randn(4, 4, 4))
+    with pytest.raises(ValueError, match="block: expected two positive integers"):
+        quantize_fp8(torch.randn(4, 4), (0, 16))

@@ -128,7 +128,7 @@ def draw_chapter_graph(path: Path) -> float:
                 ax.annotate("", xy=(x1, y1 + h / 2), xytext=(x0, y0 - h / 2), arrowprops=style)
     for ch, name in CHAPTERS.items():
         x, y = centre(ch)
-        planned = int(ch) >= 10
+        planned = not any((REPO / "chapters").glob(f"{ch}_*.ipynb"))  # no notebook yet: being written
         color = COLORS["norm"] if planned else COLORS["text"]
         ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.06",
                                     facecolor=color, edgecolor="0.3", lw=0.8, ls="--" if planned else "-"))

@@ -44,6 +44,17 @@ class TrainedBPE:
         return Tokenizer(self.vocab, self.merges, pattern=pattern)
 
 
+def _checked_corpus(texts, num_merges) -> list[str]:
+    """The corpus as a list of strings, and a merge count that is a non-negative int."""
+    if isinstance(num_merges, bool) or not isinstance(num_merges, int) or num_merges < 0:
+        raise ValueError(f"num_merges must be a non-negative int, got {num_merges!r}")
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    bad = next((t for t in texts if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"train_bpe expects strings, got {type(bad).__name__}")
+    return texts
+
+
 def train_bpe(texts: list[str] | str, num_merges: int, pattern: str = QWEN_PATTERN) -> TrainedBPE:
     """Learn byte-level BPE merges from scratch.
 
@@ -55,15 +66,10 @@ def train_bpe(texts: list[str] | str, num_merges: int, pattern: str = QWEN_PATTE
     Pair counts are updated incrementally (only words that contain the merged pair change), and the
     best pair comes from a heap with stale entries skipped, so a few thousand merges take seconds.
     """
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(num_merges, int) or num_merges < 0:
-        raise ValueError(f"num_merges must be a non-negative int, got {num_merges!r}")
+    texts = _checked_corpus(texts, num_merges)
     splitter = reference_regex(pattern)
     word_counts: Counter[str] = Counter()
     for text in texts:
-        if not isinstance(text, str):
-            raise TypeError(f"train_bpe expects strings, got {type(text).__name__}")
         word_counts.update(splitter.findall(nfc(text)))
 
     words: list[list[str]] = [list(to_byte_symbols(w)) for w in word_counts]

@@ -45,6 +45,8 @@ class HybridCache:
         self.seq_len = 0
         # (B, seq_len) padding mask, or None while every token seen so far is real (the common case)
         self.attention_mask: torch.Tensor | None = None
+        # the sizes of the model the cache was made for (for_config), so another model can refuse it
+        self.model_sizes: dict | None = None
 
     @classmethod
     def for_config(cls, config: Qwen3NextConfig, batch_size: int) -> HybridCache:
@@ -55,7 +57,20 @@ class HybridCache:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, found {batch_size!r}")
         layers = [KVCache() if kind == "full_attention" else DeltaNetState() for kind in config.layer_types]
-        return cls(layers, config.layer_types, batch_size)
+        cache = cls(layers, config.layer_types, batch_size)
+        cache.model_sizes = _cached_sizes(config)
+        return cache
+
+    def check_made_for(self, config: Qwen3NextConfig) -> None:
+        """Refuse a cache made by a model whose layers or cached shapes differ from ``config``'s."""
+        if list(self.layer_types) != list(config.layer_types):
+            raise ValueError(f"cache: made for a model with layer types {_short(self.layer_types)}, "
+                             f"this model has {_short(config.layer_types)}")
+        if self.model_sizes is not None:
+            for name, value in _cached_sizes(config).items():
+                if self.model_sizes[name] != value:
+                    raise ValueError(f"cache: made for a model with {name}={self.model_sizes[name]}, "
+                                     f"this model has {name}={value}")
 
     # --------------------------------------------------------------------------------- access
     def __getitem__(self, layer_idx: int):
@@ -69,22 +84,26 @@ class HybridCache:
         """Record ``num_new`` new tokens and return the padding mask over all of them ``(B, seq_len + new)``.
 
         ``new_mask`` may cover only the new tokens ``(B, new)`` or everything ``(B, seq_len + new)``
-        (what ``transformers`` passes). Returns ``None`` when no padding has ever been seen, so the
-        layers can take their fast unmasked path.
+        (what ``transformers`` passes); a whole mask replaces the one kept so far, so zeros in its past
+        part hide those tokens from the attention layers from now on. Returns ``None`` when no padding
+        has ever been seen, so the layers can take their fast unmasked path.
         """
         self._check_new_mask(new_mask, num_new)
         past, B = self.seq_len, self.batch_size
         if new_mask is not None:
-            new_mask = new_mask[:, -num_new:].to(torch.long) if num_new else new_mask[:, :0].to(torch.long)
-            if self.attention_mask is None and bool(new_mask.all()):
-                new_mask = None  # still no padding anywhere: stay on the fast path
-        if new_mask is None and self.attention_mask is not None:
-            new_mask = torch.ones(B, num_new, dtype=torch.long, device=self.attention_mask.device)
-        if new_mask is not None:
-            old = self.attention_mask
-            if old is None:
-                old = torch.ones(B, past, dtype=torch.long, device=new_mask.device)
-            self.attention_mask = torch.cat([old, new_mask], dim=1)  # (B, past + new)
+            new_mask = new_mask.to(torch.long)
+            if new_mask.shape[1] == past + num_new:  # the whole mask: it may hide past tokens too
+                whole = new_mask
+            else:  # the new tokens only: the past keeps the mask it had
+                old = self.attention_mask
+                if old is None:
+                    old = torch.ones(B, past, dtype=torch.long, device=new_mask.device)
+                whole = torch.cat([old.to(new_mask.device), new_mask], dim=1)  # (B, past + new)
+            # no padding anywhere, before or now: stay on the fast unmasked path
+            self.attention_mask = None if self.attention_mask is None and bool(whole.all()) else whole
+        elif self.attention_mask is not None:  # no mask given: the new tokens are real
+            ones = torch.ones(B, num_new, dtype=torch.long, device=self.attention_mask.device)
+            self.attention_mask = torch.cat([self.attention_mask, ones], dim=1)
         self.seq_len = past + num_new
         return self.attention_mask
 
@@ -164,3 +183,19 @@ class HybridCache:
         return (f"HybridCache(batch_size={self.batch_size}, seq_len={self.seq_len}, "
                 f"attention_layers={kinds['full_attention']}, deltanet_layers={kinds['linear_attention']}, "
                 f"padded={self.attention_mask is not None})")
+
+
+# the config fields behind what the cache holds: the shapes of its keys, values, conv windows and states,
+# and the width of the residual stream they were computed from
+_CACHE_SHAPE_FIELDS = ("hidden_size", "num_key_value_heads", "head_dim", "linear_num_key_heads",
+                       "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim",
+                       "linear_conv_kernel_dim")
+
+
+def _cached_sizes(config: Qwen3NextConfig) -> dict[str, int]:
+    return {name: getattr(config, name) for name in _CACHE_SHAPE_FIELDS}
+
+
+def _short(layer_types: list[str]) -> str:
+    kinds = "".join("A" if k == "full_attention" else "D" for k in layer_types)
+    return f"{len(layer_types)} layers ({kinds}: D = DeltaNet, A = attention)"

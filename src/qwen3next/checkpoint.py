@@ -21,24 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ConfigError, Qwen3NextConfig
-from .hub_layout import _DIM_FIELDS, SCALE_SUFFIX, Expected, component_of, hub_layout, module_counts, mtp_layout
+from .hub_layout import _DIM_FIELDS, SCALE_SUFFIX, Expected, hub_layout, module_counts
 from .jsonfile import read_json_file
-from .safetensors_file import (
-    DTYPES,
-    FLOAT_CODES,
-    FP8_CODES,
-    CheckpointError,
-    MissingFileError,
-    TensorInfo,
-    read_header,
-    read_tensor,
-)
+from .safetensors_file import FLOAT_CODES, FP8_CODES, CheckpointError, MissingFileError, TensorInfo, read_header
 
-# component_of, mtp_layout (hub_layout) and read_tensor, DTYPES (safetensors_file) live in their own
-# modules now; chapter 09, the offload module and the weights benchmark still import them from here.
-__all__ = ["CheckpointError", "MissingFileError", "Checkpoint", "Plan", "open_checkpoint", "check_checkpoint",
-           "read_header", "read_tensor", "hub_layout", "mtp_layout", "component_of", "DTYPES", "FP8_CODES",
-           "SCALE_SUFFIX", "TensorInfo", "INDEX_FILE", "SINGLE_FILE", "CONFIG_FILE"]
+__all__ = ["Checkpoint", "Plan", "open_checkpoint", "check_checkpoint", "INDEX_FILE", "SINGLE_FILE", "CONFIG_FILE"]
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

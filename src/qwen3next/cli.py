@@ -11,14 +11,25 @@ Mirrors the ``transformers`` ``TextStreamer`` + ``generate`` workflow; leaves ou
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from pathlib import Path
 
 
+class UsageError(ValueError):
+    """A command-line argument that cannot work; printed as one ``error:`` line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints the usage block and exits; we want one line
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m qwen3next", description="Qwen3-Next from scratch: "
-                                     "look inside a checkpoint, or generate text with it.")
+    parser = _Parser(prog="python -m qwen3next", description="Qwen3-Next from scratch: "
+                     "look inside a checkpoint, or generate text with it.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("inspect", help="what a checkpoint holds and what it would cost to load")
@@ -45,6 +56,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_chat_parser(sub)
     return parser
+
+
+def check_args(args) -> None:
+    """Every argument checked before anything is loaded: paths that exist, numbers in range, a real device."""
+    if args.command == "inspect":
+        if not args.directory.is_dir():
+            raise UsageError(f"{args.directory}: no such checkpoint directory")
+        return
+    if args.command == "generate":  # chat's --model may also be a Hub id: chat_cli resolves it
+        if not args.model.is_dir():
+            raise UsageError(f"--model {args.model}: no such checkpoint directory")
+        if args.tokenizer is not None and not args.tokenizer.is_dir():
+            raise UsageError(f"--tokenizer {args.tokenizer}: no such tokenizer directory")
+    if getattr(args, "tools", None) is not None and not args.tools.is_file():
+        raise UsageError(f"--tools {args.tools}: no such file")
+    expert_cache, max_len = getattr(args, "expert_cache", None), getattr(args, "max_len", None)
+    checks = [
+        ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "a positive integer"),
+        ("--temperature", args.temperature, math.isfinite(args.temperature) and args.temperature >= 0,
+         "a finite number >= 0 (0 is greedy)"),
+        ("--top-k", args.top_k, args.top_k >= 0, "an integer >= 0 (0 keeps every token)"),
+        ("--top-p", args.top_p, 0 < args.top_p <= 1, "a number in (0, 1]"),
+        ("--seed", args.seed, args.seed is None or 0 <= args.seed < 2**64, "an integer in 0 .. 2**64 - 1"),
+        ("--expert-cache", expert_cache, expert_cache is None or expert_cache >= 1, "a positive number of experts"),
+        ("--max-len", max_len, max_len is None or max_len >= 1, "a positive number of tokens"),
+    ]
+    for flag, value, ok, expected in checks:
+        if not ok:
+            raise UsageError(f"{flag}: expected {expected}, found {value}")
+    from .weights import checked_device
+
+    try:
+        checked_device(args.device)
+    except ValueError as err:
+        raise UsageError(f"--device: {str(err).removeprefix('device: ')}") from None
 
 
 def cmd_inspect(args, out) -> int:
@@ -100,8 +146,6 @@ def cmd_generate(args, out, err) -> int:
     from .generate import generate
     from .model import Qwen3NextForCausalLM
 
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens: expected a positive number, found {args.max_new_tokens}")
     tok = _tokenizer(args, err)
     text = args.prompt
     if args.chat:
@@ -147,11 +191,12 @@ def cmd_generate(args, out, err) -> int:
 
 
 def main(argv: list[str] | None = None, out=None, err=None) -> int:
-    from .checkpoint import CheckpointError
-
+    """Run one command; any failure prints one ``error:`` line (details indented below it) and returns
+    non-zero, never a traceback (set ``QWEN3NEXT_TRACEBACK=1`` to see one)."""
     out, err = out or sys.stdout, err or sys.stderr
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
+        check_args(args)
         if args.command == "inspect":
             return cmd_inspect(args, out)
         if args.command == "chat":
@@ -159,6 +204,15 @@ def main(argv: list[str] | None = None, out=None, err=None) -> int:
 
             return cmd_chat(args, out, err, load_tokenizer=_tokenizer)
         return cmd_generate(args, out, err)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=err)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=err)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the command line's one job here is a readable message
+        if os.environ.get("QWEN3NEXT_TRACEBACK"):
+            raise
+        known = isinstance(e, (ValueError, TypeError, OSError))
+        first, *details = (str(e) or type(e).__name__).splitlines()
+        print(f"error: {first}" if known else f"error: {type(e).__name__}: {first}", file=err)
+        for line in details:
+            print(f"  {line.strip()}", file=err)
         return 2

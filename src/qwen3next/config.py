@@ -46,7 +46,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class Qwen3NextConfig:
-    """Hyper-parameters of Qwen3-Next. Defaults are the released 80B-A3B values (SPEC section 1)."""
+    """Hyper-parameters of Qwen3-Next. Defaults are the released 80B-A3B values (the book's reference
+    page, "The released configuration")."""
 
     vocab_size: int = 151936
     hidden_size: int = 2048

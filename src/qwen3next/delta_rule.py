@@ -40,6 +40,8 @@ __all__ = [
     "recurrent_gated_delta_rule",
     "recurrent_gated_delta_step",
     "chunk_gated_delta_rule",
+    "scan_chunks",
+    "unit_lower_inverse",
     "attention_form_gated_delta_rule",
     "delta_rule_mixing_matrix",
 ]
@@ -139,22 +141,23 @@ def recurrent_gated_delta_step(
     """One token of :func:`recurrent_gated_delta_rule` (L2-normalised q and k), updating ``h`` in place.
 
     q, k: (B, Hk, Dk); v: (B, Hv, Dv); g, beta: (B, Hv); h: (B, Hv, Dk, Dv) float32, contiguous.
-    Returns o (B, Hv, Dv) in v's dtype. The decoding path: no time axis, no copy of the state, and the
-    r = Hv / Hk value heads of a key head read its q and k by broadcasting instead of repeating them.
+    Returns o (B, Hv, Dv) in v's dtype. The decoding path: no time axis, no copy of the state, q and k
+    normalised together, and every product one batched matrix product over the B * Hv heads.
     """
     B, Hk, Dk = q.shape
     Hv, Dv = v.shape[1], v.shape[2]
-    r = Hv // Hk
-    q = l2_normalize(q.float()) * Dk**-0.5  # (B, Hk, Dk)
-    k = l2_normalize(k.float())
-    h_grouped = h.view(B, Hk, r, Dk, Dv)  # value head j of key head i is row i * r + j
-    h_grouped.mul_(g.float().exp().view(B, Hk, r, 1, 1))  # forget
-    k_row = k.view(B, Hk, 1, 1, Dk)
-    prediction = k_row @ h_grouped  # (B, Hk, r, 1, Dv): what h recalls for k
-    delta = beta.float().view(B, Hk, r, 1, 1) * (v.float().view(B, Hk, r, 1, Dv) - prediction)  # (B, Hk, r, 1, Dv)
-    h_grouped.add_(k.view(B, Hk, 1, Dk, 1) * delta)  # rank-1 update k delta^T
-    o = q.view(B, Hk, 1, 1, Dk) @ h_grouped  # (B, Hk, r, 1, Dv): read with q
-    return o.view(B, Hv, Dv).to(v.dtype)
+    if h.dtype != torch.float32 or not h.is_contiguous():  # updated in place through a view
+        raise ValueError(f"h: expected a contiguous float32 state, found {h.dtype}, contiguous={h.is_contiguous()}")
+    qk = l2_normalize(torch.stack([q, k]).float())  # (2, B, Hk, Dk)
+    qk[0] *= Dk**-0.5
+    qk = qk.repeat_interleave(Hv // Hk, dim=2).view(2, B * Hv, 1, Dk)  # value head i * r + j reads key head i
+    q, k = qk[0], qk[1]  # (B Hv, 1, Dk)
+    S = h.view(B * Hv, Dk, Dv)
+    S.mul_(g.float().exp().reshape(B * Hv, 1, 1))  # forget
+    delta = v.float().reshape(B * Hv, 1, Dv) - torch.bmm(k, S)  # what the memory gets wrong for k
+    delta.mul_(beta.float().reshape(B * Hv, 1, 1))  # corrected by the write strength
+    S.baddbmm_(k.transpose(1, 2), delta)  # rank-1 update k delta^T
+    return torch.bmm(q, S).view(B, Hv, Dv).to(v.dtype)  # read with q
 
 
 # --------------------------------------------------------------------------------- chunked form
@@ -181,6 +184,8 @@ def chunk_gated_delta_rule(
         h <- exp(gamma_C) h + (diag(exp(gamma_C - gamma)) K)^T V'
 
     Only the last line is sequential across chunks, and it is a matrix product, not a token loop.
+    ``(I + A)^-1`` is built from matrix products (:func:`unit_lower_inverse`), and the inverse and the
+    scan over chunks carry hand-derived gradients, so training runs at the speed of inference.
     """
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive integer, found {chunk_size!r}")
@@ -212,8 +217,7 @@ def chunk_gated_delta_rule(
 
     # UT transform: T_inv = (I + strictly_lower(diag(beta) (K K^T * Gamma)))^-1, then U and W are products
     A = (k @ k.transpose(-1, -2) * Gamma * beta.unsqueeze(-1)).tril(-1)  # (N, B, Hk, r, C, C)
-    I = torch.eye(C, dtype=A.dtype, device=A.device)
-    T_inv = torch.linalg.solve_triangular(I + A, I.expand_as(A), upper=False, unitriangular=True)
+    T_inv = unit_lower_inverse(A)
     # T diag(beta) V and T diag(beta exp(gamma)) K: scaling the columns of T (C x C) is cheaper than the
     # rows of V and K (C x D); and the r value heads of a key head share K, so W is one product per key head
     U = (T_inv * beta.unsqueeze(-2)) @ v  # (N, B, Hk, r, C, Dv)
@@ -226,17 +230,132 @@ def chunk_gated_delta_rule(
 
     BH = B * Hv
     U, W, P, q_in, k_out = (x.reshape(N, BH, C, x.shape[-1]) for x in (U, W, P, q_in, k_out))
-    chunk_decay = chunk_decay.reshape(N, BH, 1, 1)
-    h = h.reshape(BH, Dk, Dv)
-    o = U.new_empty(B, N, C, Hv, Dv)  # written chunk by chunk in the output's layout
-    for n in range(N):  # the only sequential part: one state hand-over per chunk
-        v_new = torch.baddbmm(U[n], W[n], h, alpha=-1)  # (BH, C, Dv) = U - W h
-        o_n = torch.baddbmm(q_in[n] @ h, P[n], v_new)  # (BH, C, Dv)
-        o[:, n] = o_n.view(B, Hv, C, Dv).transpose(1, 2)
-        h = torch.baddbmm(h * chunk_decay[n], k_out[n].transpose(-1, -2), v_new)  # (BH, Dk, Dv)
+    o, h = scan_chunks(U, W, P, q_in, k_out, chunk_decay.reshape(N, BH, 1, 1), h.reshape(BH, Dk, Dv))
 
-    o = o.view(B, N * C, Hv, Dv)[:, :T].to(out_dtype)  # (B, T, Hv, Dv)
-    return o, h.reshape(B, Hv, Dk, Dv) if output_final_state else None
+    o = o.view(N, B, Hv, C, Dv).permute(1, 0, 3, 2, 4).reshape(B, N * C, Hv, Dv)[:, :T]  # (B, T, Hv, Dv)
+    return o.to(out_dtype), h.reshape(B, Hv, Dk, Dv) if output_final_state else None
+
+
+def scan_chunks(U, W, P, q_in, k_out, decay, h):
+    """The sequential part of the chunked form: chunk by chunk, read and update the state ``h``.
+
+    U, P, q_in, k_out, W: (N, BH, C, .) for N chunks of BH heads; decay (N, BH, 1, 1); h (BH, Dk, Dv).
+    Returns o (N, BH, C, Dv) and the final state. For each chunk n::
+
+        V' = U_n - W_n h      o_n = q_in_n h + P_n V'      h <- decay_n h + k_out_n^T V'
+
+    With gradients on, the states before each chunk are kept for the backward pass (:class:`_ChunkScan`).
+    """
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (U, W, P, q_in, k_out, decay, h)):
+        return _ChunkScan.apply(U, W, P, q_in, k_out, decay, h)
+    return _scan_forward(U, W, P, q_in, k_out, decay, h, keep=False)[:2]
+
+
+def _scan_forward(U, W, P, q_in, k_out, decay, h, keep: bool):
+    """The loop of :func:`scan_chunks`; with ``keep`` also the states before each chunk and each V'.
+
+    Every step writes into memory allocated once: fresh multi-megabyte tensors per step would cost a
+    page fault per page each time, which on a CPU is as slow as the products themselves.
+    """
+    N = U.shape[0]
+    o = torch.empty_like(U)  # (N, BH, C, Dv)
+    if keep:  # every state and every V' stay for the backward pass
+        H, V = h.new_empty((N + 1, *h.shape)), torch.empty_like(U)
+        H[0] = h
+    else:  # one state updated in place, one V' buffer reused
+        H, V = h.clone().unsqueeze(0), torch.empty_like(U[:1])
+    for n in range(N):
+        h, v_new = H[n if keep else 0], V[n if keep else 0]
+        torch.baddbmm(U[n], W[n], h, alpha=-1, out=v_new)  # (BH, C, Dv) = U - W h
+        torch.bmm(q_in[n], h, out=o[n]).baddbmm_(P[n], v_new)  # (BH, C, Dv)
+        h_next = torch.mul(h, decay[n], out=H[n + 1]) if keep else h.mul_(decay[n])
+        h_next.baddbmm_(k_out[n].transpose(-1, -2), v_new)  # (BH, Dk, Dv)
+    if keep:  # the final state is the caller's to change: its own memory, not a view of the saved states
+        return o, H[-1].clone(), (H[:-1], V)
+    return o, H[0], None
+
+
+class _ChunkScan(torch.autograd.Function):
+    """:func:`scan_chunks` with its backward pass written out.
+
+    Going back over the chunks, with ``G`` the gradient of the state after chunk n (``dh`` at the end)::
+
+        dV' = P_n^T do_n + k_out_n G                 (V' feeds o_n and the next state)
+        G   <- q_in_n^T do_n + decay_n G - W_n^T dV'  (the gradient of the state before chunk n)
+
+    Only these two products wait for the previous step; everything else (dU = dV', dW, dP, dq_in,
+    dk_out, ddecay) is one batched product over all chunks afterwards. Autograd on the loop instead
+    saves and re-indexes every step and costs several times the forward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, U, W, P, q_in, k_out, decay, h):
+        o, h, (H, V) = _scan_forward(U, W, P, q_in, k_out, decay, h, keep=True)
+        ctx.save_for_backward(W, P, q_in, k_out, decay, H, V)
+        return o, h
+
+    @staticmethod
+    def backward(ctx, do, dh):
+        W, P, q_in, k_out, decay, H, V = ctx.saved_tensors  # H (N, BH, Dk, Dv): states; V (N, BH, C, Dv): V'
+        N = W.shape[0]
+        dV = P.transpose(-1, -2) @ do  # (N, BH, C, Dv): the parts that need no later gradient, all at once
+        dH_read = q_in.transpose(-1, -2) @ do  # (N, BH, Dk, Dv)
+        G = torch.empty_like(H)  # G[n]: gradient of the state after chunk n
+        G[-1] = dh
+        dh0 = torch.empty_like(dh)
+        for n in reversed(range(N)):
+            dV[n].baddbmm_(k_out[n], G[n])
+            before = G[n - 1] if n else dh0
+            torch.addcmul(dH_read[n], G[n], decay[n], out=before).baddbmm_(W[n].transpose(-1, -2), dV[n], alpha=-1)
+        dW = -(dV @ H.transpose(-1, -2))  # (N, BH, C, Dk)
+        dP = do @ V.transpose(-1, -2)  # (N, BH, C, C)
+        dq_in = do @ H.transpose(-1, -2)  # (N, BH, C, Dk)
+        dk_out = V @ G.transpose(-1, -2)  # (N, BH, C, Dk)
+        ddecay = (H * G).sum((-2, -1), keepdim=True)  # (N, BH, 1, 1)
+        return dV, dW, dP, dq_in, dk_out, ddecay, dh0
+
+
+def unit_lower_inverse(A: torch.Tensor) -> torch.Tensor:
+    """``(I + A)^-1`` for strictly lower-triangular ``A`` (..., n, n), from matrix products only.
+
+    ``A`` is nilpotent (``A^n = 0``), so on small blocks ``(I + A)^-1 = I - A + A^2 - ... =
+    (I - A)(I + A^2)(I + A^4)...`` (a few squarings); larger matrices are split in halves,
+    ``[[L11, 0], [L21, L22]]^-1 = [[X11, 0], [-X22 L21 X11, X22]]``. Its gradient is written out:
+    ``dA = -strictly_lower(Y^T dY Y^T)`` with ``Y`` the inverse.
+    """
+    if torch.is_grad_enabled() and A.requires_grad:
+        return _UnitLowerInverse.apply(A)
+    return _invert_unit_lower(A)
+
+
+def _invert_unit_lower(A: torch.Tensor, block: int = 16) -> torch.Tensor:
+    n = A.shape[-1]
+    if n <= block:  # doubling products of the nilpotent part
+        X, power, span = torch.eye(n, dtype=A.dtype, device=A.device) - A, A, 2
+        while span < n:
+            power = power @ power  # A^span
+            X = X + X @ power  # now sums the powers below 2 span
+            span *= 2
+        return X
+    h = n // 2
+    X11, X22 = _invert_unit_lower(A[..., :h, :h], block), _invert_unit_lower(A[..., h:, h:], block)
+    X = torch.zeros_like(A)
+    X[..., :h, :h], X[..., h:, h:] = X11, X22
+    X[..., h:, :h] = -(X22 @ A[..., h:, :h]) @ X11
+    return X
+
+
+class _UnitLowerInverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, A):
+        Y = _invert_unit_lower(A)
+        ctx.save_for_backward(Y)
+        return Y
+
+    @staticmethod
+    def backward(ctx, dY):
+        (Y,) = ctx.saved_tensors
+        return -(Y.transpose(-1, -2) @ dY @ Y.transpose(-1, -2)).tril(-1)
 
 
 def _chunked(x: torch.Tensor, N: int, C: int) -> torch.Tensor:
@@ -260,8 +379,7 @@ def _mixing_matrices(q, k, g, beta):
     lower = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
     Gamma = (gamma.unsqueeze(-1) - gamma.unsqueeze(-2)).masked_fill(~lower, -math.inf).exp()  # (B, Hv, T, T)
     A = (beta.unsqueeze(-1) * (k @ k.transpose(-1, -2)) * Gamma).tril(-1)  # (B, Hv, T, T)
-    I = torch.eye(T, dtype=q.dtype, device=q.device)
-    T_inv = torch.linalg.solve_triangular(I + A, I.expand_as(A), upper=False, unitriangular=True)
+    T_inv = unit_lower_inverse(A)  # (I + A)^-1
     QK = (q @ k.transpose(-1, -2)) * Gamma  # (B, Hv, T, T), lower triangular
     return gamma, QK, T_inv
 

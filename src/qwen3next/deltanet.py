@@ -48,14 +48,19 @@ def causal_conv1d(
 
     ``state`` (B, C, K) holds the last K inputs seen before ``x`` (zeros, i.e. left padding, when None).
     Returns ``y`` (B, C, T) (no activation) and the new state: the last K columns of ``[state, x]``.
-    Computed in the weight's dtype and cast back to ``x``'s, like the reference.
+    ``y_t = sum_j weight_j * [state, x]_{t + j + 1}`` (what ``F.conv1d(..., groups=C)`` computes), summed in
+    float32 and cast back to ``x``'s dtype.
     """
     _check_conv_inputs(x, weight, state)
     (B, C, T), K = x.shape, weight.shape[1]
     if state is None:
         state = x.new_zeros(B, C, K)
     window = torch.cat([state.to(x.dtype), x], dim=-1)  # (B, C, K + T)
-    y = F.conv1d(window.to(weight.dtype), weight.unsqueeze(1), groups=C)[..., -T:]  # (B, C, T)
+    # K shifted multiply-adds summed in float32, rounded once: the sum causal_conv1d_step makes per token
+    taps, w = window[..., 1:].float(), weight.float()  # (B, C, K - 1 + T), (C, K)
+    y = taps[..., :T] * w[:, :1]
+    for j in range(1, K):
+        y = y.addcmul_(taps[..., j:j + T], w[:, j:j + 1])  # (B, C, T)
     return y.to(x.dtype), window[..., -K:].clone()
 
 
@@ -71,11 +76,17 @@ def _check_conv_inputs(x: torch.Tensor, weight: torch.Tensor, state: torch.Tenso
 
 def causal_conv1d_step(x_t: torch.Tensor, weight: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     """One decoding step of :func:`causal_conv1d`: ``x_t`` (B, C) -> ``y_t`` (B, C); ``state`` (B, C, K)
-    is shifted left by one and updated in place (a dot product of the last K inputs with the kernel)."""
+    is shifted left by one and updated in place (a dot product of the last K inputs with the kernel).
+
+    The K products are summed in float32 and rounded once, as the convolution of the full forward (and
+    the reference's ``causal_conv1d_update``, one ``F.conv1d``) does: in bfloat16, rounding each product
+    first would make cached decoding drift away from the full forward."""
     if state.shape[:2] != x_t.shape or state.shape[-1] != weight.shape[-1]:
         raise ValueError(f"state: expected (B, C, K) = {(*x_t.shape, weight.shape[-1])}, found {_shape(state)}")
     state.copy_(torch.cat([state[..., 1:], x_t.unsqueeze(-1).to(state.dtype)], dim=-1))
-    return (state.to(weight.dtype) * weight).sum(-1).to(x_t.dtype)  # (B, C)
+    acc = torch.promote_types(weight.dtype, torch.float32)  # float32, or float64 for a float64 model
+    y = (state.to(weight.dtype).to(acc) * weight.to(acc)).sum(-1)  # (B, C)
+    return y.to(weight.dtype).to(x_t.dtype)
 
 
 # ------------------------------------------------------------------------------------- the state
@@ -147,7 +158,10 @@ class GatedDeltaNet(nn.Module):
         self.value_dim = self.num_v_heads * self.head_v_dim  # 4096
         self.conv_dim = 2 * self.key_dim + self.value_dim  # 8192: q, k and v go through the conv
         self.conv_kernel_size = config.linear_conv_kernel_dim
-        self.chunk_size = 64
+        # chunk length of the chunked delta rule (prefill, training): the work inside a chunk grows with
+        # C * (Dk + Dv + C) per token, the sequential hand-over with Dk * Dv / C; measured fastest on a CPU
+        # (benchmarks/bench_delta_rule.py): 32 for the release's 128-wide heads, 16 for 32-wide ones
+        self.chunk_size = max(16, min(64, self.head_k_dim // 4))
 
         self.in_proj_qkvz = Linear(self.hidden_size, 2 * self.key_dim + 2 * self.value_dim, bias=False)
         self.in_proj_ba = Linear(self.hidden_size, 2 * self.num_v_heads, bias=False)
@@ -198,6 +212,8 @@ class GatedDeltaNet(nn.Module):
         """x (B, T, hidden) -> (B, T, hidden). ``attention_mask`` (B, T): 1 = token, 0 = padding (padded
         inputs are zeroed first, as in the reference). ``cache`` is continued from and updated in place."""
         self._check_forward_inputs(x, attention_mask, cache)
+        if self._can_step(x, attention_mask, cache):
+            return self.decode_step(x, cache)
         B, T, _ = x.shape
         if attention_mask is not None:
             x = (x * attention_mask[:, :, None]).to(x.dtype)
@@ -241,6 +257,50 @@ class GatedDeltaNet(nn.Module):
         if cache is not None:
             cache.recurrent_state = h
         return o
+
+    # ------------------------------------------------------------------------------ decoding
+    @staticmethod
+    def _can_step(x, attention_mask, cache) -> bool:
+        """One new token, no padding, a cache with both states (float32 and contiguous)."""
+        if x.shape[1] != 1 or cache is None or cache.conv_state is None or cache.recurrent_state is None:
+            return False
+        h = cache.recurrent_state
+        return (h.dtype == torch.float32 and h.is_contiguous()
+                and (attention_mask is None or bool(attention_mask.all())))
+
+    def decode_step(self, x: torch.Tensor, cache: DeltaNetState) -> torch.Tensor:
+        """:meth:`forward` for one token on a filled cache, in fewer and larger operations (the same numbers
+        to float32 rounding; ``tests/test_fast_paths.py``).
+
+        The conv's channels ``[q | k | v]`` and the gate ``z`` are gathered from the interleaved ``qkvz``
+        projection by one index each instead of splitting, reshaping and concatenating per head.
+        """
+        B = x.shape[0]
+        Hk, Hv, Dk, Dv = self.num_k_heads, self.num_v_heads, self.head_k_dim, self.head_v_dim
+        r = Hv // Hk
+        x = x[:, 0]  # (B, hidden)
+        qkvz = F.linear(x, self.in_proj_qkvz.weight)  # (B, Hk (2Dk + 2rDv)), interleaved per key head
+        ba = F.linear(x, self.in_proj_ba.weight).view(B, Hk, 2 * r)  # per key head [b | a]
+        conv_index, z_index = self._step_indices(x.device)
+        qkv = causal_conv1d_step(qkvz.index_select(1, conv_index), self.conv1d.weight.squeeze(1), cache.conv_state)
+        q, k, v = F.silu(qkv).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)  # (B, .) each
+        beta, g = self.gates(ba[..., :r].reshape(B, Hv), ba[..., r:].reshape(B, Hv))  # (B, Hv)
+        o = recurrent_gated_delta_step(q.view(B, Hk, Dk), k.view(B, Hk, Dk), v.view(B, Hv, Dv), g, beta,
+                                       cache.recurrent_state)  # (B, Hv, Dv)
+        o = self.norm(o, qkvz.index_select(1, z_index).view(B, Hv, Dv))
+        return F.linear(o.view(B, 1, self.value_dim), self.out_proj.weight)  # (B, 1, hidden)
+
+    def _step_indices(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Columns of ``qkvz`` holding the conv's channels ``[q (all heads) | k | v]``, and those of ``z``."""
+        cached = self.__dict__.get("_indices")
+        if cached is None or cached[0].device != device:
+            Dk, rDv = self.head_k_dim, self.head_v_dim * (self.num_v_heads // self.num_k_heads)
+            width = 2 * Dk + 2 * rDv  # one key head's block: [q | k | v | z]
+            start = torch.arange(self.num_k_heads, device=device)[:, None] * width  # (Hk, 1)
+            cols = lambda offset, n: (start + offset + torch.arange(n, device=device)).reshape(-1)
+            conv_index = torch.cat([cols(0, Dk), cols(Dk, Dk), cols(2 * Dk, rDv)])
+            cached = self.__dict__["_indices"] = (conv_index, cols(2 * Dk + rDv, rDv))
+        return cached
 
     def _check_forward_inputs(self, x, attention_mask, cache) -> None:
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:

@@ -35,6 +35,7 @@ def dequantize_fp8(w: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, i
 
     w (O, I) float8; scale_inv (ceil(O/bo), ceil(I/bi)); returns (O, I) in ``dtype``.
     """
+    _check_fp8_args(w, block, scale_inv)
     O, I = w.shape
     bo, bi = block
     s = scale_inv.float().repeat_interleave(bo, dim=0)[:O].repeat_interleave(bi, dim=1)[:, :I]  # (O, I)
@@ -48,6 +49,7 @@ def quantize_fp8(w: torch.Tensor, block: tuple[int, int] = (128, 128),
     Each block's largest magnitude maps to 448 (the largest e4m3 value): ``scale_inv = amax / 448``,
     ``W_fp8 = W / scale_inv``. Returns ``(W_fp8 (O, I), scale_inv (ceil(O/bo), ceil(I/bi)))``.
     """
+    _check_fp8_args(w, block)
     O, I = w.shape
     bo, bi = block
     nO, nI = -(-O // bo), -(-I // bi)
@@ -58,6 +60,19 @@ def quantize_fp8(w: torch.Tensor, block: tuple[int, int] = (128, 128),
     scale_inv = amax / FP8_MAX
     q = (blocks / scale_inv[:, None, :, None]).view(nO * bo, nI * bi)[:O, :I]
     return q.to(torch.float8_e4m3fn), scale_inv.to(scale_dtype)
+
+
+def _check_fp8_args(w: torch.Tensor, block: tuple[int, int], scale_inv: torch.Tensor | None = None) -> None:
+    """A 2-D weight, a block of two positive sizes, and (dequantising) one scale per block."""
+    if not isinstance(w, torch.Tensor) or w.dim() != 2:
+        raise ValueError(f"w: expected a 2-D weight, found {getattr(w, 'shape', type(w).__name__)}")
+    if not (len(block) == 2 and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)):
+        raise ValueError(f"block: expected two positive integers, found {block!r}")
+    if scale_inv is not None:
+        want = tuple(-(-d // b) for d, b in zip(w.shape, block, strict=True))
+        if tuple(scale_inv.shape) != want:
+            raise ValueError(f"scale_inv: expected shape {list(want)} (one scale per {block[0]}x{block[1]} block "
+                             f"of {list(w.shape)}), found {list(scale_inv.shape)}")
 
 
 # Which weights the -FP8 releases keep in bf16 (their quantization_config's modules_to_not_convert):

@@ -15,6 +15,7 @@ head is not built here).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -31,17 +32,22 @@ def filter_logits(
     """
     logits = logits.float()
     if temperature != 1.0:
-        logits = logits / temperature
+        scaled = logits / temperature
+        if bool(torch.isinf(scaled).any()) and not bool(torch.isinf(logits).any()):
+            raise ValueError(f"temperature: {temperature!r} is so small that logits / temperature overflow "
+                             f"float32; use temperature=0 for greedy decoding")
+        logits = scaled
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1): the k-th largest logit
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        # keep the smallest set of most likely tokens whose total probability reaches top_p
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
-        probs = sorted_logits.softmax(-1)
-        mass_before = probs.cumsum(-1) - probs  # probability of all strictly more likely tokens
-        drop_sorted = mass_before >= top_p
-        drop_sorted[..., 0] = False
+        # keep the smallest set of most likely tokens whose total probability reaches top_p: sort from the
+        # least likely up and drop while the mass so far stays <= 1 - top_p. The reference's own steps (an
+        # ascending sort), so that among tied logits the very same tokens are kept
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=False)  # (B, V)
+        mass_up_to = sorted_logits.softmax(-1).cumsum(-1)  # probability of this token and all less likely
+        drop_sorted = mass_up_to <= 1 - top_p
+        drop_sorted[..., -1] = False  # the most likely token always stays
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     if min_p > 0.0:
@@ -68,42 +74,71 @@ def next_token(
 
 
 # ---------------------------------------------------------------------------------- checking
-def _check_inputs(input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, min_p) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: expected a non-negative integer, found {max_new_tokens!r}")
-    if not temperature >= 0.0:
-        raise ValueError(f"temperature: expected a value >= 0 (0 is greedy), found {temperature!r}")
-    if not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k: expected a non-negative integer (0 turns it off), found {top_k!r}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p: expected a value in (0, 1] (1 turns it off), found {top_p!r}")
-    if not 0.0 <= min_p <= 1.0:
-        raise ValueError(f"min_p: expected a value in [0, 1] (0 turns it off), found {min_p!r}")
+def _check_inputs(input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, min_p, seed,
+                  eos_token_id, pad_token_id) -> None:
+    """Every argument of :func:`stream` / :func:`generate`: a TypeError for the wrong type, a ValueError
+    for a value out of range, each starting with the argument's name."""
+    _check_integer("max_new_tokens", max_new_tokens, 0, "a number of tokens >= 0")
+    _check_number("temperature", temperature, lambda t: t >= 0, ">= 0 (0 is greedy)")
+    _check_integer("top_k", top_k, 0, ">= 0 (0 turns it off)")
+    _check_number("top_p", top_p, lambda p: 0 < p <= 1, "in (0, 1] (1 turns it off)")
+    _check_number("min_p", min_p, lambda p: 0 <= p <= 1, "in [0, 1] (0 turns it off)")
+    if seed is not None:
+        _check_integer("seed", seed, 0, "in 0 .. 2**64 - 1", high=2**64 - 1)
+    if eos_token_id is not None:
+        for i in [eos_token_id] if isinstance(eos_token_id, int) else _as_list("eos_token_id", eos_token_id):
+            _check_integer("eos_token_id", i, 0, "token ids >= 0")
+    if pad_token_id is not None:
+        _check_integer("pad_token_id", pad_token_id, 0, "a token id >= 0")
     _check_prompt(input_ids, attention_mask)
+
+
+def _check_integer(name: str, value, low: int, expected: str, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an integer {expected}, found {value!r} ({type(value).__name__})")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name}: expected {expected}, found {value!r}")
+
+
+def _check_number(name: str, value, in_range, expected: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number {expected}, found {value!r} ({type(value).__name__})")
+    if not (math.isfinite(value) and in_range(value)):
+        raise ValueError(f"{name}: expected a finite number {expected}, found {value!r}")
+
+
+def _as_list(name: str, value) -> list:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise TypeError(f"{name}: expected an int or a non-empty list of ints, found {value!r}")
+    return list(value)
 
 
 def _eos_ids(eos_token_id, device) -> torch.Tensor | None:
     if eos_token_id is None:
         return None
     ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    if not ids or not all(isinstance(i, int) for i in ids):
-        raise ValueError(f"eos_token_id: expected an int or a list of ints, found {eos_token_id!r}")
     return torch.tensor(ids, device=device)
 
 
 def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
-        found = (f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, torch.Tensor)
-                 else type(input_ids).__name__)
-        raise ValueError(f"input_ids: expected a LongTensor of shape (B, T), found {found}")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.long:
+        found = f"a {input_ids.dtype} tensor" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise TypeError(f"input_ids: expected a LongTensor of shape (B, T) (torch.tensor([[...]])), found {found}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids: expected a LongTensor of shape (B, T), found shape {tuple(input_ids.shape)}")
     if input_ids.shape[1] == 0:
         raise ValueError("input_ids: the prompt is empty (T = 0); give at least one token")
     if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask: expected a tensor (B, T) of 1 and 0, "
+                            f"found {type(attention_mask).__name__}")
         if tuple(attention_mask.shape) != tuple(input_ids.shape):
             raise ValueError(
                 f"attention_mask: expected shape {tuple(input_ids.shape)} (like input_ids), "
                 f"found {tuple(attention_mask.shape)}"
             )
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask: expected only 1 (real token) and 0 (padding)")
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("attention_mask: padding must be on the left (every row's last token must be real)")
 
@@ -129,7 +164,8 @@ def stream(
     first end-of-sequence id, as the reference does); the iterator stops when every row has finished or
     after ``max_new_tokens`` steps.
     """
-    _check_inputs(input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, min_p)
+    _check_inputs(input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, min_p, seed,
+                  eos_token_id, pad_token_id)
     device = input_ids.device
     eos = _eos_ids(eos_token_id, device)
     if pad_token_id is None and eos is not None:

@@ -49,7 +49,8 @@ class CausalLMOutput:
     loss: torch.Tensor | None = None  # next-token cross-entropy (+ aux loss), when labels are given
     aux_loss: torch.Tensor | None = None  # load-balancing loss, when router logits are asked for
     router_logits: tuple[torch.Tensor, ...] | None = None  # one (B*T, E) per MoE layer
-    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings, then each layer's output
+    # embeddings, then each layer's output; the last one after the final norm (as the reference returns it)
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 class Qwen3NextModel(nn.Module):
@@ -91,13 +92,23 @@ class Qwen3NextModel(nn.Module):
                 router_logits.append(logits_i)
             if output_hidden_states:
                 hidden_states.append(x)
-        return self.norm(x), hidden_states, router_logits
+        x = self.norm(x)
+        if output_hidden_states:  # like the reference: the last entry is after the final norm
+            hidden_states[-1] = x
+        return x, hidden_states, router_logits
 
-    @staticmethod
-    def _check_forward_inputs(tokens: torch.Tensor, attention_mask, cache) -> None:
+    def _check_forward_inputs(self, tokens: torch.Tensor, attention_mask, cache) -> None:
         B, T = tokens.shape[:2]
-        if cache is not None and cache.batch_size != B:
-            raise ValueError(f"cache: built for batch size {cache.batch_size}, but input_ids has {B} rows")
+        if cache is not None and not isinstance(cache, HybridCache):
+            raise TypeError(f"cache: expected a HybridCache (model.new_cache(batch_size)), "
+                            f"found {type(cache).__name__}")
+        if cache is not None:
+            cache.check_made_for(self.config)
+            if cache.batch_size != B:
+                raise ValueError(f"cache: built for batch size {cache.batch_size}, but input_ids has {B} rows")
+        if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask: expected a tensor (B, T) of 1 and 0, "
+                            f"found {type(attention_mask).__name__}")
         if cache is None and attention_mask is not None and tuple(attention_mask.shape) != (B, T):
             raise ValueError(
                 f"attention_mask: expected shape ({B}, {T}) (1 = real token, 0 = padding), "
@@ -182,15 +193,17 @@ class Qwen3NextForCausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | str | None = None, device="cpu",
-                        offload_experts: bool = False, expert_cache_size: int | None = None, mtp: bool = False):
+                        offload_experts: bool = False, expert_cache_size: int | None = None,
+                        check_finite: bool = True, mtp: bool = False):
         """Load a Hub-format checkpoint directory: open and check it, build the model on the meta device
-        (nothing allocated), then let :func:`qwen3next.weights.load_weights` fill it. ``mtp=True`` also
-        attaches the checkpoint's ``mtp.*`` head as ``model.mtp`` (:func:`qwen3next.mtp.attach_mtp`)."""
+        (nothing allocated), then let :func:`qwen3next.weights.load_weights` fill it (``check_finite``:
+        refuse a weight holding NaN or Inf, naming it). ``mtp=True`` also attaches the checkpoint's
+        ``mtp.*`` head as ``model.mtp`` (:func:`qwen3next.mtp.attach_mtp`)."""
         ckpt = open_checkpoint(path)
         with torch.device("meta"):
             model = cls(ckpt.config)
         model = load_weights(model, ckpt, dtype=dtype, device=device, offload_experts=offload_experts,
-                             expert_cache_size=expert_cache_size)
+                             expert_cache_size=expert_cache_size, check_finite=check_finite)
         if mtp:
             from .mtp import attach_mtp
 
@@ -222,7 +235,8 @@ class Qwen3NextForCausalLM(nn.Module):
         ``output_router_logits``: also return each MoE layer's router logits and the load-balancing loss.
         ``logits_to_keep``: if > 0, only the last that many positions go through ``lm_head``.
         """
-        self._check_forward_inputs(input_ids, inputs_embeds, position_ids, labels, logits_to_keep)
+        self._check_forward_inputs(input_ids, inputs_embeds, position_ids, labels, logits_to_keep,
+                                   output_router_logits, output_hidden_states)
         if output_router_logits is None:
             output_router_logits = self.config.output_router_logits
         hidden, hidden_states, router_logits = self.model(
@@ -250,34 +264,47 @@ class Qwen3NextForCausalLM(nn.Module):
     def _loss(self, logits, labels, aux_loss) -> torch.Tensor:
         """Next-token cross-entropy (position t predicts token t + 1; -100 marks positions that do not
         count), plus ``router_aux_loss_coef`` times the load-balancing loss when it was computed."""
-        loss = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
-        )
+        # the targets shifted left (the last position predicts nothing) rather than the logits cut:
+        # slicing (B, T, V) logits would copy them, and zero-fill a copy again in the backward pass
+        targets = F.pad(labels[:, 1:].to(logits.device), (0, 1), value=-100)  # (B, T)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return loss if aux_loss is None else loss + self.config.router_aux_loss_coef * aux_loss
 
-    def _check_forward_inputs(self, input_ids, inputs_embeds, position_ids, labels, logits_to_keep) -> None:
+    def _check_forward_inputs(self, input_ids, inputs_embeds, position_ids, labels, logits_to_keep,
+                              output_router_logits, output_hidden_states) -> None:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids (B, T) and inputs_embeds (B, T, H)")
         if input_ids is not None:
             self._check_token_ids(input_ids)
-        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
-            raise ValueError(
-                f"inputs_embeds: expected shape (B, T, {self.config.hidden_size}), "
-                f"found {tuple(inputs_embeds.shape)}"
-            )
+        else:
+            self._check_embeddings(inputs_embeds)
         shape = tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
+        if position_ids is not None and not isinstance(position_ids, torch.Tensor):
+            raise TypeError(f"position_ids: expected a LongTensor {shape}, found {type(position_ids).__name__}")
         if position_ids is not None and tuple(position_ids.shape) not in (shape, (1, shape[1])):
             raise ValueError(
                 f"position_ids: expected shape {shape} or (1, {shape[1]}), found {tuple(position_ids.shape)}"
             )
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int):
+            raise TypeError(f"logits_to_keep: expected an integer (0 keeps every position), found {logits_to_keep!r}")
+        if logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep: expected 0 or a positive number of positions, found {logits_to_keep}")
+        flags = {"output_router_logits": output_router_logits, "output_hidden_states": output_hidden_states}
+        for name, flag in flags.items():
+            if not isinstance(flag, bool) and not (flag is None and name == "output_router_logits"):  # None: config's
+                raise TypeError(f"{name}: expected True or False, found {flag!r}")
         if labels is not None and logits_to_keep:
             raise ValueError("labels: the loss needs the logits of every position; do not pass logits_to_keep")
 
     def _check_token_ids(self, input_ids: torch.Tensor) -> None:
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids: expected a LongTensor (B, T) of token ids, found {type(input_ids).__name__}")
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids: expected shape (B, T), found {tuple(input_ids.shape)}")
         if input_ids.dtype not in (torch.long, torch.int32, torch.int64):
-            raise ValueError(f"input_ids: expected integer token ids, found dtype {input_ids.dtype}")
+            raise TypeError(f"input_ids: expected integer token ids, found dtype {input_ids.dtype}")
+        if input_ids.shape[1] == 0:
+            raise ValueError("input_ids: no tokens (T = 0); give at least one")
         if input_ids.device.type != "meta" and input_ids.numel():
             lo, hi = int(input_ids.min()), int(input_ids.max())
             if lo < 0 or hi >= self.config.vocab_size:
@@ -285,6 +312,21 @@ class Qwen3NextForCausalLM(nn.Module):
                     f"input_ids: token ids must be in 0..{self.config.vocab_size - 1} (vocab_size), "
                     f"found {lo}..{hi}"
                 )
+
+    def _check_embeddings(self, inputs_embeds: torch.Tensor) -> None:
+        if not isinstance(inputs_embeds, torch.Tensor):
+            raise TypeError(f"inputs_embeds: expected a tensor (B, T, H), found {type(inputs_embeds).__name__}")
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(
+                f"inputs_embeds: expected shape (B, T, {self.config.hidden_size}), "
+                f"found {tuple(inputs_embeds.shape)}"
+            )
+        if inputs_embeds.shape[1] == 0:
+            raise ValueError("inputs_embeds: no positions (T = 0); give at least one")
+        dtype = self.model.embed_tokens.weight.dtype
+        if inputs_embeds.dtype != dtype:
+            raise ValueError(f"inputs_embeds: dtype {inputs_embeds.dtype}, but the model computes in {dtype}; "
+                             f"convert them with .to({dtype})")
 
     # --------------------------------------------------------------------------------- counts
     def num_parameters(self, exclude_embeddings: bool = False) -> int:

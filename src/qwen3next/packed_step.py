@@ -74,12 +74,15 @@ def _groups(segments: list[Segment]) -> list[tuple[list[Segment], slice]]:
     """Runs of segments that go through a mixer together, with their slice of the packed tokens.
 
     Consecutive one-token segments continuing a sequence form one batch (decode rows); any other
-    segment (a prompt chunk, or a prompt's very first token) runs alone.
+    segment (a prompt chunk, or a prompt's very first token) runs alone. A batch holds each sequence
+    at most once: its rows all read their states before any row writes one back, so a second
+    one-token segment of the same sequence (a prompt cut at block boundaries into pieces of one
+    token) must start a new batch, to continue from the state the first one leaves.
     """
     groups: list[tuple[list[Segment], bool]] = []  # (segments, is a decode batch)
     for seg in segments:
         decode = len(seg) == 1 and seg.start > 0
-        if decode and groups and groups[-1][1]:
+        if decode and groups and groups[-1][1] and all(s.seq is not seg.seq for s in groups[-1][0]):
             groups[-1][0].append(seg)
         else:
             groups.append(([seg], decode))

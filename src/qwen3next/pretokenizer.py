@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import regex
 
-# The Qwen2/Qwen3 pre-tokenizer split pattern, exactly as in tokenizer.json (SPEC section 6). Unlike
-# GPT-2's, digits are split one by one (\p{N}) and a letter run may take one leading non-letter.
+# The Qwen2/Qwen3 pre-tokenizer split pattern, exactly as in tokenizer.json (the book's reference page,
+# "The tokenizer"). Unlike GPT-2's, digits are split one by one (\p{N}) and a letter run may take one
+# leading non-letter.
 QWEN_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
     r"|\s+(?!\S)|\s+"

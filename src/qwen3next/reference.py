@@ -267,21 +267,26 @@ def layer_differences(ours, ref, input_ids, **kwargs) -> list[float]:
     the output of each of the ``L`` decoder layers, then the logits. The first layer whose number
     jumps is the first place the two computations differ. ``kwargs`` go to both forward calls.
     """
-    captured = []
+    captured: dict[str, list] = {"ours": [], "ref": []}
 
-    def keep(_module, _inputs, out):
-        captured.append(out[0] if isinstance(out, tuple) else out)
+    def keeper(side: str):
+        def keep(_module, _inputs, out):
+            captured[side].append(out[0] if isinstance(out, tuple) else out)
+        return keep
 
-    hooks = [layer.register_forward_hook(keep) for layer in ref.model.layers]
+    # each decoder layer's output, read the same way on both sides (hidden_states ends after the final norm)
+    hooks = [layer.register_forward_hook(keeper("ref")) for layer in ref.model.layers]
+    hooks += [layer.register_forward_hook(keeper("ours")) for layer in ours.model.layers]
     try:
         with torch.no_grad():
             ref_logits = ref(input_ids, **kwargs).logits
-            out = ours(input_ids, output_hidden_states=True, **kwargs)
-            ref_states = [ref.model.embed_tokens(input_ids), *captured]
+            out = ours(input_ids, **kwargs)
+            ref_states = [ref.model.embed_tokens(input_ids), *captured["ref"]]
+            our_states = [ours.model.embed_tokens(input_ids), *captured["ours"]]
     finally:
         for hook in hooks:
             hook.remove()
-    if len(ref_states) != len(out.hidden_states):
-        raise ValueError(f"ref: has {len(ref_states) - 1} layers, ours has {len(out.hidden_states) - 1}")
-    diffs = [max_abs_diff(a, b) for a, b in zip(out.hidden_states, ref_states, strict=True)]
+    if len(ref_states) != len(our_states):
+        raise ValueError(f"ref: has {len(ref_states) - 1} layers, ours has {len(our_states) - 1}")
+    diffs = [max_abs_diff(a, b) for a, b in zip(our_states, ref_states, strict=True)]
     return diffs + [max_abs_diff(out.logits, ref_logits)]

@@ -88,6 +88,8 @@ class StatePool:
 
     def scatter(self, layer: int, slots: list[int], state: DeltaNetState) -> None:
         """Write the batch ``state`` back to ``slots`` (cast to the pool's dtypes)."""
+        if len(set(slots)) != len(slots):  # two rows, one slot: which state survives is undefined
+            raise ValueError(f"scatter: slots {slots} repeat a slot; a batch holds each request once")
         index = torch.tensor(slots, dtype=torch.long, device=self.conv.device)
         self.conv[layer].index_copy_(0, index, state.conv_state.to(self.conv.dtype))
         self.recurrent[layer].index_copy_(0, index, state.recurrent_state.to(self.recurrent.dtype))

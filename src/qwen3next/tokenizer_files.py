@@ -9,12 +9,12 @@ refused with its path and what was expected. Chapter 02.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .jsonfile import read_json_file
 from .pretokenizer import GPT2_PATTERN, QWEN_PATTERN
 
 
@@ -35,11 +35,7 @@ class AddedToken:
 def read_json(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"malformed tokenizer file {path}: not valid JSON ({e})") from e
+    return read_json_file(path, ValueError, where=f"malformed tokenizer file {path}")
 
 
 def token_content(value: Any) -> str | None:
@@ -119,31 +115,38 @@ def read_tokenizer_json(file: Path):
     data = read_json(file)
 
     def bad(what: str, found: Any) -> ValueError:
-        return ValueError(f"unsupported or malformed tokenizer file {file}: {what}, found {found!r}")
+        return ValueError(f"unsupported or malformed tokenizer file {file}: {what}, found {found!r}"[:500])
 
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or model.get("type", "BPE") != "BPE" or "vocab" not in model:
-        raise bad("expected a BPE model with a vocab", None if model is None else model.get("type"))
-    vocab = model["vocab"]
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
-    if any(len(m) != 2 for m in merges):
-        raise bad("every merge must be a pair", next(m for m in merges if len(m) != 2))
+        raise bad("expected a BPE model with a vocab", model.get("type") if isinstance(model, dict) else model)
+    vocab, raw_merges = model["vocab"], model.get("merges", [])
+    if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+        raise bad("model.vocab must map token strings to integer ids", type(vocab).__name__)
+    if not isinstance(raw_merges, list) or not all(isinstance(m, (str, list)) for m in raw_merges):
+        raise bad("model.merges must be a list of 'a b' strings or [a, b] pairs", type(raw_merges).__name__)
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in raw_merges]
+    if any(len(m) != 2 or not all(isinstance(x, str) for x in m) for m in merges):
+        raise bad("every merge must be a pair of strings", next(m for m in merges if len(m) != 2 or
+                                                                  not all(isinstance(x, str) for x in m)))
 
     norm = data.get("normalizer")
-    if norm is None:
-        normalize = False
-    elif norm.get("type") == "NFC":
-        normalize = True
-    else:
+    if norm is not None and not (isinstance(norm, dict) and norm.get("type") == "NFC"):
         raise bad("normalizer must be NFC or null", norm)
+    normalize = norm is not None
 
     pre = data.get("pre_tokenizer") or {}
+    if not isinstance(pre, dict):
+        raise bad("pre_tokenizer must be an object", pre)
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     pattern = None
-    for step in steps:
-        kind = step.get("type")
+    for step in steps if isinstance(steps, list) else [steps]:
+        kind = step.get("type") if isinstance(step, dict) else None
         if kind == "Split" and step.get("behavior") == "Isolated" and not step.get("invert"):
-            pattern = step.get("pattern", {}).get("Regex")
+            spec = step.get("pattern")
+            pattern = spec.get("Regex") if isinstance(spec, dict) else None
+            if not isinstance(pattern, str):
+                raise bad("a Split pre-tokenizer needs a {'Regex': pattern}", step.get("pattern"))
         elif kind == "ByteLevel":
             if step.get("add_prefix_space"):
                 raise bad("ByteLevel add_prefix_space is not supported", step)
@@ -155,10 +158,12 @@ def read_tokenizer_json(file: Path):
         raise bad("no split pattern in pre_tokenizer", pre)
 
     added = []
-    for t in data.get("added_tokens", []):
+    for t in data.get("added_tokens") or []:
+        if not (isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int)):
+            raise bad("each added token needs a string 'content' and an integer 'id'", t)
         if t.get("lstrip") or t.get("rstrip") or t.get("single_word"):
             raise bad("added tokens with lstrip/rstrip/single_word are not supported", t)
-        added.append(AddedToken(t["content"], int(t["id"]), bool(t.get("special")), bool(t.get("normalized"))))
+        added.append(AddedToken(t["content"], t["id"], bool(t.get("special")), bool(t.get("normalized"))))
     return vocab, merges, added, normalize, pattern
 
 def read_vocab_merges(vocab_file: Path, merges_file: Path):

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from ..checkpoint import component_of, hub_layout
 from ..config import Qwen3NextConfig
 from ..fp8 import dequantize_fp8, quantize_fp8
+from ..hub_layout import component_of, hub_layout
 from . import check_close, check_equal, report
 
 

@@ -4,15 +4,15 @@ From the files of a checkpoint to a model in memory: the headers are read (no te
 shape and dtype is checked against the layout the config implies and against a model built on the meta
 device, then the tensors are copied shard by shard, FP8 blocks are dequantised, and with offloading the
 routed experts stay on disk and are read when the router picks them. Counts and sizes come from the
-config (``qwen3next.checkpoint.hub_layout``); the number of shards, a property of the files, is passed in.
+config (``qwen3next.hub_layout.hub_layout``); the number of shards, a property of the files, is passed in.
 """
 
 from __future__ import annotations
 
 import math
 
-from ..checkpoint import component_of, hub_layout, mtp_layout
 from ..config import Qwen3NextConfig
+from ..hub_layout import component_of, hub_layout, mtp_layout
 from .colors import COLORS
 from .diagram import arrow, box, canvas, note
 

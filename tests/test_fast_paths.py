@@ -1,0 +1,117 @@
+"""The optimised paths equal the plain ones: the DeltaNet decoding step, the causal conv as shifted
+multiply-adds, the per-width chunk size, the MoE's split groups under autograd, and the loss with shifted
+targets (float32 to rounding; bfloat16 within the tolerance the other tests give the reference)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qwen3next.config import Qwen3NextConfig
+from qwen3next.deltanet import DeltaNetState, GatedDeltaNet, causal_conv1d
+from qwen3next.model import Qwen3NextForCausalLM
+from qwen3next.moe import SparseMoeBlock
+from qwen3next.reference import max_abs_diff, reference_twin
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def deltanet(cfg, std=0.2, seed=0):
+    torch.manual_seed(seed)
+    layer = GatedDeltaNet(cfg, 0)
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.dim() > 1:
+                p.normal_(0, std)
+    return layer.eval()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 3e-2)])
+def test_deltanet_decode_step_equals_the_full_forward(dtype, tol):
+    cfg = Qwen3NextConfig.tiny()
+    layer = deltanet(cfg).to(dtype)
+    x = torch.randn(2, 12, cfg.hidden_size).to(dtype)
+    with torch.no_grad():
+        full = layer(x)  # the plain path: chunked rule over all 12 tokens
+        cache = DeltaNetState()
+        layer(x[:, :9], cache=cache)
+        steps = [layer.decode_step(x[:, t:t + 1], cache) for t in range(9, 12)]
+    assert steps[0].shape == (2, 1, cfg.hidden_size) and steps[0].dtype == dtype
+    scale = 1 + full.float().abs().max().item()
+    assert max_abs_diff(torch.cat(steps, 1), full[:, 9:]) <= tol * scale
+
+
+def test_forward_takes_the_decode_step_only_when_it_applies():
+    cfg = Qwen3NextConfig.tiny()
+    layer = deltanet(cfg)
+    x = torch.randn(1, 5, cfg.hidden_size)
+    cache = DeltaNetState()
+    assert not layer._can_step(x[:, :1], None, cache)  # empty cache: the plain path fills it
+    with torch.no_grad():
+        layer(x[:, :4], cache=cache)
+    assert layer._can_step(x[:, 4:], None, cache) and layer._can_step(x[:, 4:], torch.ones(1, 1), cache)
+    assert not layer._can_step(x[:, 4:], torch.zeros(1, 1), cache)  # padding: the plain path zeroes it
+    assert not layer._can_step(x[:, 3:], None, cache)  # two tokens
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
+def test_causal_conv_equals_a_depthwise_conv1d_with_its_gradients(dtype, tol):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 11).to(dtype).requires_grad_()
+    w = torch.randn(6, 4).to(dtype).requires_grad_()
+    state = torch.randn(2, 6, 4).to(dtype)
+    y, _ = causal_conv1d(x, w, state)
+    y_ref = F.conv1d(torch.cat([state, x], -1).float(), w.float().unsqueeze(1), groups=6)[..., -11:]
+    assert y.dtype == dtype and max_abs_diff(y, y_ref) <= tol * (1 + y_ref.abs().max().item())
+    g = torch.randn(y.shape)
+    dx, dw = torch.autograd.grad((y.float() * g).sum(), (x, w))
+    dx_ref, dw_ref = torch.autograd.grad((y_ref * g).sum(), (x, w))
+    for a, b in ((dx, dx_ref), (dw, dw_ref)):
+        assert max_abs_diff(a, b) <= max(tol, 1e-5) * (1 + b.float().abs().max().item())
+
+
+def test_chunk_size_follows_the_head_width_and_does_not_change_the_output():
+    assert GatedDeltaNet(Qwen3NextConfig.full(), 0).chunk_size == 32  # the release's 128-wide heads
+    cfg = Qwen3NextConfig.tiny(linear_key_head_dim=32, linear_value_head_dim=32)
+    layer = deltanet(cfg)
+    assert layer.chunk_size == 16
+    x = torch.randn(1, 70, cfg.hidden_size)
+    with torch.no_grad():
+        y16 = layer(x)
+        layer.chunk_size = 64
+        y64 = layer(x)
+    assert max_abs_diff(y16, y64) <= 1e-5 * (1 + y64.abs().max().item())
+
+
+def test_sorted_dispatch_trains_like_the_loop():
+    """The sorted path's groups come from split(): same gradients as the plain per-expert loop."""
+    cfg = Qwen3NextConfig.tiny(num_experts=8, num_experts_per_tok=2)
+    torch.manual_seed(0)
+    block = SparseMoeBlock(cfg)
+    x = torch.randn(3, 7, cfg.hidden_size, requires_grad=True)
+    grads = {}
+    for dispatch in ("loop", "sorted"):
+        block.zero_grad()
+        y, logits = block(x, dispatch=dispatch)
+        (y.square().sum() + logits.sum()).backward()
+        grads[dispatch] = [x.grad.clone()] + [p.grad.clone() for p in block.parameters() if p.grad is not None]
+        x.grad = None
+    assert len(grads["loop"]) == len(grads["sorted"]) > 3
+    for a, b in zip(grads["sorted"], grads["loop"], strict=True):
+        assert max_abs_diff(a, b) <= 1e-5 * (1 + b.abs().max().item())
+
+
+def test_loss_with_shifted_targets_and_ignored_positions():
+    cfg = Qwen3NextConfig.tiny()
+    torch.manual_seed(0)
+    ours = Qwen3NextForCausalLM(cfg).eval()
+    ref = reference_twin(ours, cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (2, 9))
+    labels = ids.clone()
+    labels[0, :4] = -100  # a prompt that does not count
+    with torch.no_grad():
+        out = ours(ids, labels=labels)
+        plain = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        assert abs(out.loss.item() - plain.item()) <= 1e-6
+        assert abs(out.loss.item() - ref(ids, labels=labels).loss.item()) <= 1e-5
