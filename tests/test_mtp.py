@@ -9,11 +9,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from qwen3next import Qwen3NextConfig, Qwen3NextForCausalLM
-from qwen3next.checkpoint import CheckpointError
 from qwen3next.fp8 import write_fp8_checkpoint
 from qwen3next.hub_layout import mtp_layout
 from qwen3next.mtp import MultiTokenPredictor, mtp_forward, new_mtp_cache
 from qwen3next.reference import max_abs_diff, moe_state_dict_to_reference, reference_config
+from qwen3next.safetensors_file import CheckpointError
 
 CFG = Qwen3NextConfig.tiny()
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -35,12 +35,12 @@ import torch
 from torch import nn
 
 from .attention import KVCache
-from .checkpoint import CheckpointError
 from .config import Qwen3NextConfig
 from .decoder_layer import DecoderLayer
 from .hub_layout import mtp_layout
 from .linear import Linear
 from .norms import RMSNorm
+from .safetensors_file import CheckpointError
 
 PREFIX = "mtp."
 
