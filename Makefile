@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: venv book test test-fast test-unit test-chapters lint bench clean chromium check-book student train
+.PHONY: venv book test test-fast test-unit test-chapters lint bench clean chromium check-book student train vllm
 
 # The book checks (site in Chromium, a simulated Colab, the student notebooks): tests/book/, or the
 # three files they were in before that folder existed.
@@ -62,6 +62,19 @@ test-chapters: venv
 # about an hour on 2 cores. Seeded; nothing is downloaded.
 train: venv
 	OMP_NUM_THREADS=2 $(PY) tools/train_tiny.py --threads 2
+
+# Optional, not in `make test`: serve the book's trained model with vLLM's CPU build (its own environment,
+# .venv-vllm, ~2.5 GB from requirements-vllm.txt) and compare its greedy output and MTP acceptance with the
+# book's; writes src/qwen3next/data/vllm_compare.json. A few minutes on 2 cores, nothing downloaded.
+VLLM_VENV := .venv-vllm
+
+$(VLLM_VENV)/.installed: requirements-vllm.txt
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -r requirements-vllm.txt
+	touch $@
+
+vllm: venv $(VLLM_VENV)/.installed
+	OMP_NUM_THREADS=2 $(PY) tools/vllm_compare.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks tools
