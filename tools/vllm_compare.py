@@ -189,8 +189,7 @@ def divergence(model_dir: str, pair: str, prompt: list[int], ours: list[int], th
     a, b = ours[at], theirs[at]
     gap = abs(float(logits[a] - logits[b]))
     return {"pair": pair, "position": at, "tokens": [a, b], "words": [tok.decode([a]), tok.decode([b])],
-            "fp32_gap": gap,
-            "fp32_best": int(logits.argmax()),
+            "fp32_gap": gap, "fp32_best": int(logits.argmax()),
             "share_of_positions_closer": sum(g < gap for g in gaps) / len(gaps)}
 
 
@@ -324,7 +323,9 @@ def parse_args(argv=None):
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--new", type=int, default=48, help="at most this many new tokens")
     parser.add_argument("--ks", default="1,2,3", help="numbers of MTP draft tokens")
-    parser.add_argument("--compiled", action="store_true", help="let vLLM torch.compile the model")
+    parser.add_argument("--compiled", action="store_true",
+                        help="let vLLM torch.compile the model (about 3x the start-up time here; its bf16 "
+                             "outputs part from the eager ones at near-ties, as the book's do)")
     parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
     parser.add_argument("--out", type=Path, default=SUMMARY)
     parser.add_argument("--details", type=Path, default=DETAILS)
