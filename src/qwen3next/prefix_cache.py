@@ -199,6 +199,8 @@ def vllm_attention_block_size(config, tp: int = 1, kv_bytes: int = 2, conv_bytes
     Per rank, the KV heads are ``max(1, Hkv / tp)`` (replicated past ``tp = Hkv``). Without prefix
     caching the block is rounded up to a multiple of ``kernel_alignment``; with it (``"align"``), to a
     multiple of ``lcm(chunk, kernel_alignment)``, the DeltaNet kernel's chunk.
+    (That is the rule of earlier vLLM releases; vLLM 0.32 rounds to its attention backend's block in
+    both modes: pass that block as ``kernel_alignment`` with ``prefix_caching=False``.)
     """
     kv_heads = max(1, config.num_key_value_heads // tp)
     per_token = 2 * kv_heads * config.head_dim * kv_bytes  # K and V of one token in one layer
