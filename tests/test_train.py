@@ -270,3 +270,24 @@ def test_generate_command_writes_a_story():
                           "Once upon a time, there was", "--max-new-tokens", "40"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert out.startswith(" a ") and "named" in out and out.count(".") >= 2
+
+
+@pytest.mark.slow
+def test_installed_package_finds_its_trained_model(tmp_path):
+    """A wheel of the package carries the model directory, and tiny_pretrained_path finds it there."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "wheel"), str(root)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "wheel").glob("qwen3next-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    shipped = sorted(f.name for f in qwen3next.tiny_pretrained_path().iterdir())
+    code = ("import qwen3next; p = qwen3next.tiny_pretrained_path(); "
+            "print(p); print(sorted(f.name for f in p.iterdir()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)},
+                         capture_output=True, text=True, check=True, timeout=120).stdout.splitlines()
+    assert Path(out[0]).is_relative_to(site) and out[1] == str(shipped)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "train_log.jsonl"} <= set(shipped)
