@@ -244,6 +244,21 @@ def test_shipped_model_is_the_documented_config(shipped):
     assert sum(f.stat().st_size for f in path.iterdir()) < 25 * 2**20
 
 
+def test_shipped_tokenizer_is_ours_in_autotokenizer(shipped):
+    """transformers.AutoTokenizer reads the shipped tokenizer.json as our Tokenizer does: same ids on
+    stories it never saw, the end-of-text token at our id, the same text back."""
+    from transformers import AutoTokenizer
+
+    path, _, tok = shipped
+    ref = AutoTokenizer.from_pretrained(path)
+    for story in generate_stories(8, seed=4242):
+        ids = tok.encode(story.text)
+        assert ref.encode(story.text) == ids
+        assert ref.decode(ids) == tok.decode(ids) == story.text
+    assert ref.convert_tokens_to_ids(END_OF_TEXT) == tok.token_to_id(END_OF_TEXT)
+    assert ref.encode("Once upon a time" + END_OF_TEXT) == tok.encode("Once upon a time" + END_OF_TEXT)
+
+
 @pytest.mark.slow
 def test_shipped_model_equals_transformers_and_writes_the_grammar(shipped):
     from transformers import AutoTokenizer

@@ -29,6 +29,8 @@ def check_inverse_softplus(fn) -> bool:
         return report(False, err)
     if not isinstance(out, torch.Tensor) or out.shape != dt.shape:
         return report(False, f"expected a tensor of shape {tuple(dt.shape)} back")
+    if out.dtype != dt.dtype:
+        return report(False, f"expected {dt.dtype} back (the dtype of dt), got {out.dtype}")
     ok = torch.allclose(F.softplus(out), dt, rtol=1e-9, atol=0)
     return report(bool(ok), "x = log(e^dt - 1); for small dt write it as dt + log(1 - e^-dt) "
                   "(torch.expm1) so it stays accurate.")

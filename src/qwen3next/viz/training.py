@@ -139,7 +139,8 @@ def plot_recall(results: list[dict], ax=None):
         ax.plot(steps, acc, label=f"{r['name']} ({acc[-1]:.2f})", lw=1.2)
     chance = results[0]["chance"]
     ax.axhline(chance, color="0.5", ls=":", lw=1)
-    ax.text(0, chance + 0.02, "chance", fontsize=9, color="0.4")
+    # x in axes fractions, y in data: the label sits at the left edge whatever the steps
+    ax.text(0.01, chance + 0.02, "chance", fontsize=9, color="0.4", transform=ax.get_yaxis_transform())
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("training step")
     ax.set_ylabel("recall accuracy")
