@@ -59,7 +59,7 @@ test-chapters: venv
 	$(VENV)/bin/pytest chapters --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=300
 
 # The book's trained model (chapter 10) and the recall study, into src/qwen3next/data/tiny-qwen3-next:
-# about an hour on 2 cores. Seeded; nothing is downloaded.
+# about 35 minutes on 2 idle cores (2.5 hours when others share them). Seeded; nothing is downloaded.
 train: venv
 	OMP_NUM_THREADS=2 $(PY) tools/train_tiny.py --threads 2
 

@@ -244,6 +244,21 @@ def test_shipped_model_is_the_documented_config(shipped):
     assert sum(f.stat().st_size for f in path.iterdir()) < 25 * 2**20
 
 
+def test_shipped_tokenizer_is_ours_in_autotokenizer(shipped):
+    """transformers.AutoTokenizer reads the shipped tokenizer.json as our Tokenizer does: same ids on
+    stories it never saw, the end-of-text token at our id, the same text back."""
+    from transformers import AutoTokenizer
+
+    path, _, tok = shipped
+    ref = AutoTokenizer.from_pretrained(path)
+    for story in generate_stories(8, seed=4242):
+        ids = tok.encode(story.text)
+        assert ref.encode(story.text) == ids
+        assert ref.decode(ids) == tok.decode(ids) == story.text
+    assert ref.convert_tokens_to_ids(END_OF_TEXT) == tok.token_to_id(END_OF_TEXT)
+    assert ref.encode("Once upon a time" + END_OF_TEXT) == tok.encode("Once upon a time" + END_OF_TEXT)
+
+
 @pytest.mark.slow
 def test_shipped_model_equals_transformers_and_writes_the_grammar(shipped):
     from transformers import AutoTokenizer
@@ -270,3 +285,24 @@ def test_generate_command_writes_a_story():
                           "Once upon a time, there was", "--max-new-tokens", "40"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert out.startswith(" a ") and "named" in out and out.count(".") >= 2
+
+
+@pytest.mark.slow
+def test_installed_package_finds_its_trained_model(tmp_path):
+    """A wheel of the package carries the model directory, and tiny_pretrained_path finds it there."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "wheel"), str(root)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "wheel").glob("qwen3next-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    shipped = sorted(f.name for f in qwen3next.tiny_pretrained_path().iterdir())
+    code = ("import qwen3next; p = qwen3next.tiny_pretrained_path(); "
+            "print(p); print(sorted(f.name for f in p.iterdir()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)},
+                         capture_output=True, text=True, check=True, timeout=120).stdout.splitlines()
+    assert Path(out[0]).is_relative_to(site) and out[1] == str(shipped)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "train_log.jsonl"} <= set(shipped)

@@ -56,6 +56,8 @@ def test_plots_draw_every_series():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
     ax = plot_recall([{"name": "x", "curve": [(1, 1.0, 0.1), (2, 0.5, 0.9)], "chance": 0.05}])
     assert "x (0.90)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    check_figure(ax.figure)
+    assert all(t.get_fontsize() >= 9 for t in ax.get_legend().get_texts())  # the book's smallest type
     ax = information_histogram([1.0, 2.0, 3.0])
     assert "mean 2.0 nats" in ax.texts[0].get_text()
     plt.close("all")

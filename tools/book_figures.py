@@ -126,14 +126,16 @@ def draw_chapter_graph(path: Path) -> float:
                             arrowprops=dict(**style, connectionstyle="angle,angleA=-90,angleB=0"))
             else:
                 ax.annotate("", xy=(x1, y1 + h / 2), xytext=(x0, y0 - h / 2), arrowprops=style)
+    planned_chapters = {ch for ch in CHAPTERS if not any((REPO / "chapters").glob(f"{ch}_*.ipynb"))}
     for ch, name in CHAPTERS.items():
         x, y = centre(ch)
-        planned = not any((REPO / "chapters").glob(f"{ch}_*.ipynb"))  # no notebook yet: being written
+        planned = ch in planned_chapters  # no notebook yet: being written
         color = COLORS["norm"] if planned else COLORS["text"]
         ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.06",
                                     facecolor=color, edgecolor="0.3", lw=0.8, ls="--" if planned else "-"))
         ax.text(x, y, f"{int(ch)}. {name}", ha="center", va="center", fontsize=9)
-    ax.text(COLUMN_INCHES - 0.1, 0.15, "dashed: chapters being written", ha="right", fontsize=9, color="0.35")
+    if planned_chapters:
+        ax.text(COLUMN_INCHES - 0.1, 0.15, "dashed: chapters being written", ha="right", fontsize=9, color="0.35")
     return _save(ax, path)
 
 

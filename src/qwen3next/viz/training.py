@@ -133,17 +133,19 @@ def plot_decay(named_alphas: dict[str, list[float]], ax=None):
 
 def plot_recall(results: list[dict], ax=None):
     """Accuracy on MQAR during training, one line per run."""
-    ax = ax or plt.subplots(figsize=(COLUMN_INCHES, 3.6))[1]
+    ax = ax or plt.subplots(figsize=(COLUMN_INCHES, 4.6), layout="constrained")[1]
     for r in results:
         steps, _, acc = zip(*r["curve"], strict=True)
         ax.plot(steps, acc, label=f"{r['name']} ({acc[-1]:.2f})", lw=1.2)
     chance = results[0]["chance"]
     ax.axhline(chance, color="0.5", ls=":", lw=1)
-    ax.text(0, chance + 0.02, "chance", fontsize=9, color="0.4")
+    # x in axes fractions, y in data: the label sits at the left edge whatever the steps
+    ax.text(0.01, chance + 0.02, "chance", fontsize=9, color="0.4", transform=ax.get_yaxis_transform())
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("training step")
     ax.set_ylabel("recall accuracy")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    # below the axes in two columns: a legend at the side would squeeze the curves on a narrow column
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     return ax
 
 
