@@ -1,0 +1,52 @@
+"""Reading a trained model from the inside: what its residual stream predicts after every layer (the
+*logit lens*) and what gates its Gated DeltaNet layers compute on real text (chapters 06 and 08).
+
+Both watch an ordinary forward pass through forward hooks, so they work on any
+``Qwen3NextForCausalLM`` without changing it. Routing needs no hook: the model returns its router
+logits with ``output_router_logits=True``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _watch(modules, input_ids: torch.Tensor, model, keep) -> list:
+    """Run ``model(input_ids)`` once; ``keep(inputs, output)`` of every module in ``modules``, in order."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda _m, i, o: seen.append(keep(i, o))) for m in modules]
+    try:
+        with torch.no_grad():
+            model(input_ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def residual_stream(model, input_ids: torch.Tensor) -> list[torch.Tensor]:
+    """The residual stream ``(B, T, H)`` after the embedding and after every decoder layer (before the
+    final norm), ``num_hidden_layers + 1`` tensors."""
+    layers = _watch(model.model.layers, input_ids, model, lambda _i, out: out[0])  # (output, router logits)
+    with torch.no_grad():
+        return [model.model.embed_tokens(input_ids), *layers]
+
+
+def logit_lens(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """``(L + 1, B, T, V)``: the final norm and ``lm_head`` applied to the stream after the embedding and
+    after each of the ``L`` layers; the last entry is the model's own logits."""
+    with torch.no_grad():
+        return torch.stack([model.lm_head(model.model.norm(h)) for h in residual_stream(model, input_ids)])
+
+
+def deltanet_gates(model, input_ids: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """``{layer index: (beta, g)}`` for every Gated DeltaNet layer, each ``(B, T, H_v)`` in float32: the
+    write strength and the log decay the layer computed for every token and value head."""
+    mixers = {i: layer.linear_attn for i, layer in enumerate(model.model.layers) if hasattr(layer, "linear_attn")}
+    inputs = _watch(mixers.values(), input_ids, model, lambda i, _out: i[0])  # the normed hidden state
+    gates = {}
+    with torch.no_grad():
+        for (i, mixer), x in zip(mixers.items(), inputs, strict=True):
+            *_, b, a = mixer.split_projections(mixer.in_proj_qkvz(x), mixer.in_proj_ba(x))
+            gates[i] = mixer.gates(b, a)
+    return gates

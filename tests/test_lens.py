@@ -1,0 +1,47 @@
+"""Tests for qwen3next.lens: the read-outs agree with the model's own forward pass."""
+
+from __future__ import annotations
+
+import torch
+
+from qwen3next import Qwen3NextConfig, Qwen3NextForCausalLM
+from qwen3next.lens import deltanet_gates, logit_lens, residual_stream
+
+
+def _model_and_ids():
+    torch.manual_seed(0)
+    model = Qwen3NextForCausalLM(Qwen3NextConfig.tiny()).eval()
+    return model, torch.randint(0, model.config.vocab_size, (2, 11))
+
+
+def test_stream_and_lens_end_where_the_model_ends():
+    model, ids = _model_and_ids()
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+    stream = residual_stream(model, ids)
+    assert len(stream) == model.config.num_hidden_layers + 1
+    assert torch.equal(stream[0], out.hidden_states[0])
+    torch.testing.assert_close(model.model.norm(stream[-1]), out.hidden_states[-1])
+    lens = logit_lens(model, ids)
+    assert lens.shape == (len(stream), 2, 11, model.config.vocab_size)
+    torch.testing.assert_close(lens[-1], out.logits)
+    assert not torch.allclose(lens[0], lens[-1])  # the layers change the prediction
+    assert not any(m._forward_hooks for m in model.model.layers)  # hooks removed
+
+
+def test_deltanet_gates_are_the_layers_own():
+    model, ids = _model_and_ids()
+    gates = deltanet_gates(model, ids)
+    types = model.config.layer_types
+    assert sorted(gates) == [i for i, t in enumerate(types) if t == "linear_attention"]
+    layer = model.model.layers[0]
+    with torch.no_grad():
+        x = layer.input_layernorm(model.model.embed_tokens(ids))
+        mixer = layer.linear_attn
+        *_, b, a = mixer.split_projections(mixer.in_proj_qkvz(x), mixer.in_proj_ba(x))
+    beta, g = gates[0]
+    torch.testing.assert_close(beta, b.sigmoid())
+    expected_g = -mixer.A_log.exp() * torch.nn.functional.softplus(a + mixer.dt_bias)
+    torch.testing.assert_close(g, expected_g)
+    assert beta.shape == g.shape == (2, 11, model.config.linear_num_value_heads)
+    assert not torch.equal(gates[0][1], gates[1][1])  # each layer its own gates
