@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from qwen3next import Qwen3NextConfig, Qwen3NextForCausalLM
-from qwen3next.lens import deltanet_gates, logit_lens, residual_stream
+from qwen3next.lens import deltanet_gates, logit_lens, residual_stream, shared_expert_gates
 
 
 def _model_and_ids():
@@ -45,3 +45,17 @@ def test_deltanet_gates_are_the_layers_own():
     torch.testing.assert_close(g, expected_g)
     assert beta.shape == g.shape == (2, 11, model.config.linear_num_value_heads)
     assert not torch.equal(gates[0][1], gates[1][1])  # each layer its own gates
+
+
+def test_shared_expert_gates_are_the_blocks_own():
+    model, ids = _model_and_ids()
+    seen = []
+    hook = model.model.layers[2].mlp.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    gates = shared_expert_gates(model, ids)
+    hook.remove()
+    assert sorted(gates) == list(range(model.config.num_hidden_layers))
+    with torch.no_grad():
+        x = seen[0].reshape(-1, model.config.hidden_size)
+        expected = model.model.layers[2].mlp.shared_expert_gate(x).squeeze(-1).sigmoid()
+    torch.testing.assert_close(gates[2], expected)
+    assert gates[2].shape == (2 * 11,) and ((gates[2] > 0) & (gates[2] < 1)).all()

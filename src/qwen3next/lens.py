@@ -50,3 +50,11 @@ def deltanet_gates(model, input_ids: torch.Tensor) -> dict[int, tuple[torch.Tens
             *_, b, a = mixer.split_projections(mixer.in_proj_qkvz(x), mixer.in_proj_ba(x))
             gates[i] = mixer.gates(b, a)
     return gates
+
+
+def shared_expert_gates(model, input_ids: torch.Tensor) -> dict[int, torch.Tensor]:
+    """``{layer index: (B*T,) gate}`` for every sparse MoE block: the sigmoid gate
+    ``sigmoid(w_s . x)`` with which the block adds its shared expert's output, per token."""
+    blocks = {i: layer.mlp for i, layer in enumerate(model.model.layers) if hasattr(layer.mlp, "shared_expert_gate")}
+    logits = _watch([b.shared_expert_gate for b in blocks.values()], input_ids, model, lambda _i, out: out)
+    return {i: g.reshape(-1).float().sigmoid() for i, g in zip(blocks, logits, strict=True)}
