@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from qwen3next import Qwen3NextConfig, Qwen3NextForCausalLM
-from qwen3next.lens import deltanet_gates, logit_lens, residual_stream, shared_expert_gates
+from qwen3next.lens import deltanet_gates, logit_lens, residual_stream, shared_expert_gates, story_ids
+from qwen3next.stories import generate_stories
 
 
 def _model_and_ids():
@@ -59,3 +60,17 @@ def test_shared_expert_gates_are_the_blocks_own():
         expected = model.model.layers[2].mlp.shared_expert_gate(x).squeeze(-1).sigmoid()
     torch.testing.assert_close(gates[2], expected)
     assert gates[2].shape == (2 * 11,) and ((gates[2] > 0) & (gates[2] < 1)).all()
+
+
+def test_story_ids_put_an_end_of_text_before_and_after_each_story():
+    import qwen3next
+    from qwen3next import Tokenizer
+
+    tok = Tokenizer.from_pretrained(qwen3next.tiny_pretrained_path())
+    stories = generate_stories(2, seed=3)
+    ids = story_ids(tok, stories)[0].tolist()
+    eot = tok.eos_token_id
+    assert ids[0] == eot and ids[-1] == eot and ids.count(eot) == 3
+    first = ids.index(eot, 1)
+    assert tok.decode(ids[1:first]) == stories[0].text
+    assert tok.decode(ids[first + 1:-1]) == stories[1].text

@@ -1,7 +1,8 @@
 """Reading a trained model from the inside: what its residual stream predicts after every layer (the
 *logit lens*) and what gates its Gated DeltaNet layers compute on real text (chapters 06 and 08).
 
-Both watch an ordinary forward pass through forward hooks, so they work on any
+``story_ids`` writes stories the way the book's model read them in training: each one after an
+end-of-text token. The read-outs watch an ordinary forward pass through forward hooks, so they work on any
 ``Qwen3NextForCausalLM`` without changing it. Routing needs no hook: the model returns its router
 logits with ``output_router_logits=True``.
 """
@@ -9,6 +10,16 @@ logits with ``output_router_logits=True``.
 from __future__ import annotations
 
 import torch
+
+
+def story_ids(tokenizer, stories) -> torch.Tensor:
+    """``(1, T)`` ids of ``stories`` (``qwen3next.stories.Story``) as one text: an end-of-text token, then
+    each story followed by another."""
+    eot = tokenizer.eos_token_id
+    ids = [eot]
+    for story in stories:
+        ids += [*tokenizer.encode(story.text), eot]
+    return torch.tensor([ids])
 
 
 def _watch(modules, input_ids: torch.Tensor, model, keep) -> list:
