@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from qwen3next import Qwen3NextConfig, Qwen3NextForCausalLM
+from qwen3next import Qwen3NextConfig, Qwen3NextForCausalLM, Tokenizer, tiny_pretrained_path
 from qwen3next.lens import deltanet_gates, logit_lens, residual_stream, shared_expert_gates, story_ids
 from qwen3next.stories import generate_stories
 
@@ -63,10 +63,7 @@ def test_shared_expert_gates_are_the_blocks_own():
 
 
 def test_story_ids_put_an_end_of_text_before_and_after_each_story():
-    import qwen3next
-    from qwen3next import Tokenizer
-
-    tok = Tokenizer.from_pretrained(qwen3next.tiny_pretrained_path())
+    tok = Tokenizer.from_pretrained(tiny_pretrained_path())
     stories = generate_stories(2, seed=3)
     ids = story_ids(tok, stories)[0].tolist()
     eot = tok.eos_token_id

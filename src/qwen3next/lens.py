@@ -1,10 +1,11 @@
-"""Reading a trained model from the inside: what its residual stream predicts after every layer (the
-*logit lens*) and what gates its Gated DeltaNet layers compute on real text (chapters 06 and 08).
+"""Reading a trained model from the inside (chapters 06-08): what its residual stream predicts after
+every layer (the *logit lens*), what gates its Gated DeltaNet layers compute on real text, and how far
+each MoE block opens its shared expert.
 
 ``story_ids`` writes stories the way the book's model read them in training: each one after an
 end-of-text token. The read-outs watch an ordinary forward pass through forward hooks, so they work on any
-``Qwen3NextForCausalLM`` without changing it. Routing needs no hook: the model returns its router
-logits with ``output_router_logits=True``.
+``Qwen3NextForCausalLM`` without changing it. The routing itself needs no hook: the model returns its
+router logits with ``output_router_logits=True``.
 """
 
 from __future__ import annotations
