@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
 from qwen3next import Qwen3NextConfig  # noqa: E402
-from qwen3next.viz.deltanet import draw_ba_rows, draw_gated_deltanet, draw_qkvz_rows  # noqa: E402
+from qwen3next.viz.deltanet import draw_ba_rows, draw_gated_deltanet, draw_gates_over_text, draw_qkvz_rows  # noqa: E402
 from qwen3next.viz.style import COLUMN_INCHES  # noqa: E402
 
 
@@ -45,3 +45,13 @@ def test_row_strips_name_the_parts_of_each_group():
     assert all(s in shown.split() for s in ("b0,1", "a0,1", "b4,5", "a4,5")) and "64 rows" in shown
     assert readable(fig)
     plt.close("all")
+
+
+def test_gates_over_text_has_a_panel_per_head_and_the_text():
+    fig = draw_gates_over_text(["Tom", " ran", ".\n\n"], [[0.9, 0.5, 0.0], [1.0, 1.0, 0.9]],
+                               [[0.2, 0.3, 0.9], [0.5, 0.5, 0.5]], ["layer 0 head 2", "layer 6 head 1"])
+    shown = texts(fig)
+    for label in ("layer 0 head 2", "layer 6 head 1", " ran", ".\\n\\n", "keep", "write"):
+        assert label in shown, label
+    assert len(fig.axes) == 2 and readable(fig)
+    plt.close(fig)

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 from viz_checks import check_figure
 
 from qwen3next import Qwen3NextConfig
-from qwen3next.viz.model import draw_model_forward
+from qwen3next.viz.model import draw_logit_lens, draw_model_forward
 
 
 def test_forward_diagram_of_the_released_model():
@@ -23,3 +23,14 @@ def test_forward_diagram_follows_the_config():
     text = check_figure(draw_model_forward(Qwen3NextConfig.tiny(), batch="1", tokens="80"))
     assert "x 8" in text and "input_ids (1, 80)" in text
     plt.close("all")
+
+
+def test_logit_lens_grid_shows_tokens_and_predictions():
+    fig = draw_logit_lens([" Tom", " had", "\n"], [["a", " b", "c"], [" dog", " a", "\n"]],
+                          [[0.1, 0.2, 0.3], [0.9, 0.5, 0.0]], ["emb", "layer 0"])
+    text = check_figure(fig)
+    for label in ("_dog", "_b", "\\n"):
+        assert label in text, label
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels() + fig.axes[0].get_yticklabels()]
+    assert ticks == ["_Tom", "_had", "\\n", "emb", "layer 0"]
+    plt.close(fig)

@@ -1,12 +1,15 @@
-"""Diagrams of the Gated DeltaNet layer (chapter 06): its data flow, and the interleaved rows of its two
-fused input projections.
+"""Diagrams of the Gated DeltaNet layer (chapter 06): its data flow, the interleaved rows of its two
+fused input projections, and a trained layer's two gates token by token.
 
-Only drawing lives here; every number drawn comes from the config passed in.
+Only drawing lives here; every number drawn comes from the config or the tensors passed in.
 """
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
+
 from .attention import ROLE_COLORS, Box, draw_flow, draw_row_groups
+from .colors import COLORS
 from .style import COLUMN_INCHES
 
 
@@ -79,3 +82,20 @@ def draw_gated_deltanet(cfg, chunk_size: int = 64, ax=None):
         ("gnorm", "out", f"(B, T, {value_dim})"), ("out", "y"),
     ]
     return draw_flow(boxes, arrows, title="Gated DeltaNet, one layer", size=(COLUMN_INCHES, 7.4), ax=ax)
+
+
+def draw_gates_over_text(pieces, alpha, beta, head_names):
+    """Two gates of a few heads along one text: ``alpha[h][t]`` (the decay, a line) and ``beta[h][t]``
+    (the write strength, bars) for ``pieces[t]``, one panel per head named by ``head_names[h]``, the
+    pieces of text under the last panel. Returns the figure."""
+    n = len(head_names)
+    fig, axes = plt.subplots(n, 1, figsize=(COLUMN_INCHES, 1.25 * n + 1.0), sharex=True, squeeze=False)
+    x = range(len(pieces))
+    for ax, name, a, b in zip(axes[:, 0], head_names, alpha, beta, strict=True):
+        ax.bar(x, b, color=COLORS["moe"], width=0.8, label=r"write $\beta_t$")
+        ax.plot(x, a, "o-", color=COLORS["linear_attention"], ms=3, lw=1.2, label=r"keep $\alpha_t$")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(name)
+    axes[0, 0].legend(loc="lower left", ncols=2, bbox_to_anchor=(0, 1.0), frameon=False)
+    axes[-1, 0].set_xticks(list(x), [p.replace("\n", "\\n") for p in pieces], rotation=90)
+    return fig

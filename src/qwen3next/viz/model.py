@@ -1,14 +1,19 @@
 """The whole model's forward pass as a data-flow diagram with tensor shapes (chapter 08).
 
 Token ids are embedded, pass through the decoder layers (each: norm, token mixer, residual add; norm,
-MoE, residual add), the final norm and the LM head. The sizes come from the config passed in.
+MoE, residual add), the final norm and the LM head. The sizes come from the config passed in. Also the
+logit-lens grid of a trained model: what the stream predicts after each layer.
 """
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
+import numpy as np
+
 from ..config import Qwen3NextConfig
 from .colors import COLORS
 from .diagram import arrow, box, canvas, note
+from .style import COLUMN_INCHES
 
 
 def draw_model_forward(cfg: Qwen3NextConfig, batch: str = "B", tokens: str = "T"):
@@ -55,3 +60,33 @@ def draw_model_forward(cfg: Qwen3NextConfig, batch: str = "B", tokens: str = "T"
     note(ax, rx + 1.62, 0.55, f"logits ({batch}, {tokens}, {V:,}): a score per vocabulary entry",
          color="black")
     return fig
+
+
+def draw_logit_lens(tokens, top_tokens, p_next, layer_names):
+    """The logit lens as a grid: one column per input token, one row per read-out point.
+
+    ``tokens`` are the input pieces (their text), ``top_tokens[r][t]`` the most likely next piece read
+    out at point ``r`` (after the embedding, after each layer), ``p_next[r][t]`` the probability that
+    read-out gives the piece that really comes next (the cell's colour). Returns the figure.
+    """
+    rows, cols = len(layer_names), len(tokens)
+    fig, ax = plt.subplots(figsize=(COLUMN_INCHES, 0.32 * rows + 1.8))
+    im = ax.imshow(np.asarray(p_next, dtype=float), cmap="Greens", vmin=0, vmax=1, aspect="auto")
+    for r in range(rows):
+        for t in range(cols):
+            dark = p_next[r][t] > 0.6
+            ax.text(t, r, _piece(top_tokens[r][t]), ha="center", va="center", fontsize=9,
+                    color="white" if dark else "black")
+    ax.set_xticks(range(cols), [_piece(s) for s in tokens], rotation=90)
+    ax.set_yticks(range(rows), layer_names)
+    ax.tick_params(length=0)
+    ax.set_xlabel("input token (the cell: the most likely next token read out there)")
+    # above the grid, so that the grid keeps the column's whole width for its token labels
+    fig.colorbar(im, ax=ax, label="p(true next token)", location="top", fraction=0.05, pad=0.02,
+                 aspect=40)
+    return fig
+
+
+def _piece(text: str) -> str:
+    """A token's text as a short label: a leading space as '_', a newline as '\\n'."""
+    return text.replace("\n", "\\n").replace(" ", "_")[:6]

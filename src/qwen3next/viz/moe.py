@@ -3,14 +3,18 @@
 Every number drawn comes from the config passed in: the router's softmax over all experts, the top-k,
 the renormalisation, the sort of the token-expert assignments, each hit expert's SwiGLU on its own
 rows, the weighted ``index_add_`` back into the tokens' rows, and the shared expert with its sigmoid
-gate, added on top.
+gate, added on top. Also what a trained router does: which kinds of token each expert takes.
 """
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
+import numpy as np
+
 from ..config import Qwen3NextConfig
 from .colors import COLORS
 from .diagram import arrow, box, canvas, note
+from .style import COLUMN_INCHES
 
 ROUTER = "#F3E9B5"  # the router's steps: light, so the experts (COLORS["moe"]) stand out
 
@@ -66,4 +70,23 @@ def draw_moe_dispatch(cfg: Qwen3NextConfig, tokens: str = "N"):
     arrow(ax, (mx, by - 0.2), (mx, by - 0.5))
     note(ax, mx, by - 0.64, f"y   ({N}, {H})", ha="center")
     note(ax, mx - 0.1, 3.5, f"each token: {k} of {E}\nrouted experts, plus\nthe shared one", ha="right")
+    return fig
+
+
+def draw_expert_specialisation(share, class_names, title: str, mark: float = 0.3):
+    """A heatmap of ``share[c][e]``: the fraction of the tokens of kind ``class_names[c]`` whose first
+    choice is expert ``e`` (each row sums to 1); cells of at least ``mark`` get their percentage
+    written in. Returns the figure."""
+    share = np.asarray(share, dtype=float)
+    rows, experts = share.shape
+    fig, ax = plt.subplots(figsize=(COLUMN_INCHES, 0.33 * rows + 1.4))
+    im = ax.imshow(share, cmap="Greens", vmin=0, vmax=1, aspect="auto")
+    for c, e in zip(*np.nonzero(share >= mark), strict=True):
+        ax.text(e, c, f"{share[c, e]:.0%}", ha="center", va="center", fontsize=9,
+                color="white" if share[c, e] > 0.6 else "black")
+    ax.set_xticks(range(experts), [str(e) for e in range(experts)])
+    ax.set_yticks(range(rows), class_names)
+    ax.set(xlabel="expert (first choice)", title=title)
+    ax.tick_params(length=0)
+    fig.colorbar(im, ax=ax, label="share of the kind's tokens", fraction=0.04, pad=0.02)
     return fig
