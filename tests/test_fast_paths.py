@@ -1,6 +1,7 @@
 """The optimised paths equal the plain ones: the DeltaNet decoding step, the causal conv as shifted
 multiply-adds, the per-width chunk size, the MoE's split groups under autograd, and the loss with shifted
-targets (float32 to rounding; bfloat16 within the tolerance the other tests give the reference)."""
+targets computed with the logits (linear_cross_entropy), float32 to rounding; bfloat16 within the
+tolerance the other tests give the reference."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.deltanet import DeltaNetState, GatedDeltaNet, causal_conv1d
-from qwen3next.model import Qwen3NextForCausalLM
+from qwen3next.model import Qwen3NextForCausalLM, linear_cross_entropy
 from qwen3next.moe import SparseMoeBlock
 from qwen3next.reference import max_abs_diff, reference_twin
 
@@ -115,3 +116,32 @@ def test_loss_with_shifted_targets_and_ignored_positions():
         plain = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
         assert abs(out.loss.item() - plain.item()) <= 1e-6
         assert abs(out.loss.item() - ref(ids, labels=labels).loss.item()) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("logits_too", [False, True])
+def test_linear_cross_entropy_equals_the_plain_loss_and_its_gradients(dtype, tol, logits_too):
+    """Chunks of 128 rows over 600 (a short last chunk), ignored targets, and the logits used in a second
+    loss: the loss, the logits and both gradients are those of F.linear + F.cross_entropy."""
+    torch.manual_seed(0)
+    h = torch.randn(2, 300, 64, dtype=dtype, requires_grad=True)
+    W = (torch.randn(1000, 64) * 0.1).to(dtype).requires_grad_()
+    targets = torch.randint(0, 1000, (600,))
+    targets[::7] = -100
+
+    def grads(loss, logits):
+        total = loss * 3 + (logits.float().pow(2).mean() if logits_too else 0)
+        return [g.float() for g in torch.autograd.grad(total, (h, W))]
+
+    loss, logits = linear_cross_entropy(h, W, targets, chunk=128)
+    fused = grads(loss, logits)
+    plain_logits = F.linear(h, W)
+    plain_loss = F.cross_entropy(plain_logits.flatten(0, 1).float(), targets, ignore_index=-100)
+    plain = grads(plain_loss, plain_logits)
+    assert abs(loss.item() - plain_loss.item()) <= 1e-5
+    assert max_abs_diff(logits, plain_logits) == 0
+    for a, b in zip(fused, plain, strict=True):
+        assert max_abs_diff(a, b) <= tol * b.abs().max().item()
+    with torch.no_grad():  # no gradient work without autograd
+        loss, logits = linear_cross_entropy(h, W, targets)
+    assert not loss.requires_grad and abs(loss.item() - plain_loss.item()) <= 1e-5
