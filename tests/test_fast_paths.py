@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.deltanet import DeltaNetState, GatedDeltaNet, causal_conv1d
+from qwen3next.linear import STREAMED_WEIGHT, Linear, _stream_one_row
 from qwen3next.model import Qwen3NextForCausalLM, linear_cross_entropy
 from qwen3next.moe import SparseMoeBlock
 from qwen3next.reference import max_abs_diff, reference_twin
@@ -145,3 +146,20 @@ def test_linear_cross_entropy_equals_the_plain_loss_and_its_gradients(dtype, tol
     with torch.no_grad():  # no gradient work without autograd
         loss, logits = linear_cross_entropy(h, W, targets)
     assert not loss.requires_grad and abs(loss.item() - plain_loss.item()) <= 1e-5
+
+
+def test_one_row_through_a_large_weight_equals_f_linear():
+    """The streamed kernel (one float32 row, a weight of STREAMED_WEIGHT elements or more, no autograd) gives
+    F.linear's numbers to float32 rounding; with gradients on, or several rows, the plain call runs."""
+    torch.manual_seed(0)
+    layer = Linear(256, STREAMED_WEIGHT // 256, bias=False)
+    x = torch.randn(1, 1, 256)
+    with torch.no_grad():
+        assert _stream_one_row(x, layer.weight, None)
+        y = layer(x)
+        assert y.shape == (1, 1, layer.out_features)
+        assert max_abs_diff(y, F.linear(x, layer.weight)) <= 1e-5
+        assert not _stream_one_row(torch.randn(2, 256), layer.weight, None)
+        assert not _stream_one_row(x.double(), layer.weight.double(), None)
+    assert not _stream_one_row(x, layer.weight, None)  # the weight requires grad: autograd must see F.linear
+    assert layer(x).requires_grad
