@@ -5,7 +5,8 @@ plus the shared expert; heads and widths scaled from the release by about 1/8):
 
 1. prefill: one forward pass over 512 tokens;
 2. decode: prefill 256 tokens, then 64 one-token steps on the cache (ours: ``HybridCache``; the
-   reference: its own ``DynamicCache`` through ``model(..., cache=..., use_cache=True)``);
+   reference: its own ``DynamicCache`` through ``model(..., cache=..., use_cache=True)``); the steps
+   alone once more with ``ours.compile_decoding()`` (torch.compile), with what compiling costs;
 3. a training step: forward and backward of the loss (cross-entropy plus the load-balancing loss) on a
    batch of 8 sequences of 256 tokens, both models in train mode; the gradients are compared.
 
@@ -92,6 +93,7 @@ def main():
         t = race({"ours": lambda: timed(ours_prefilled()[1]), "ref": lambda: timed(ref_prefilled()[1])}, args.repeats)
         report(f"{s} decode steps alone", t["ours"], t["ref"],
                f" ({t['ours'].median() / s * 1e3:.2f} vs {t['ref'].median() / s * 1e3:.2f} ms per token)")
+        decode_compiled(ours, ours_prefilled, ref_prefilled, s, args.repeats)
         # both pay the same lm_head matmul per token (vocab x hidden)
         h = torch.randn(1, 1, cfg.hidden_size)
         head = measure(lambda: [ours.lm_head(h) for _ in range(s)], args.repeats).median()
@@ -100,6 +102,18 @@ def main():
               f"{head / s * 1e3:.2f} ms per token; the layer stack alone: ratio of medians {stack:.2f}x")
 
     train_step(ours, ref, cfg, args.train_batch, args.train_len, args.repeats)
+
+
+def decode_compiled(ours, ours_prefilled, ref_prefilled, steps: int, repeats: int) -> None:
+    """The decode steps again with ``ours.compile_decoding()`` (the DeltaNet layers' steps through torch.compile):
+    what the first step costs (compiling), and the steps against the reference's; then back to eager."""
+    ours.compile_decoding()
+    first = timed(lambda: ours_prefilled()[1]())
+    t = race({"ours": lambda: timed(ours_prefilled()[1]), "ref": lambda: timed(ref_prefilled()[1])}, repeats)
+    report(f"{steps} decode steps alone, ours with compile_decoding() (the first {steps} steps, compiling "
+           f"included: {first.wall:.1f} s wall)", t["ours"], t["ref"],
+           f" ({t['ours'].median() / steps * 1e3:.2f} vs {t['ref'].median() / steps * 1e3:.2f} ms per token)")
+    ours.compile_decoding(False)
 
 
 def train_step(ours, ref, cfg, batch: int, length: int, repeats: int) -> None:
