@@ -105,7 +105,7 @@ def main():
 
 
 def decode_compiled(ours, ours_prefilled, ref_prefilled, steps: int, repeats: int) -> None:
-    """The decode steps again with ``ours.compile_decoding()`` (the DeltaNet layers' steps through torch.compile):
+    """The decode steps again with ``ours.compile_decoding()`` (the layers' one-token steps through torch.compile):
     what the first step costs (compiling), and the steps against the reference's; then back to eager."""
     ours.compile_decoding()
     first = timed(lambda: ours_prefilled()[1]())

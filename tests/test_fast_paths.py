@@ -167,27 +167,33 @@ def test_one_row_through_a_large_weight_equals_f_linear():
 
 @pytest.mark.slow
 def test_compiled_decoding_equals_eager():
-    """model.compile_decoding(): the prompt stays eager, the DeltaNet layers' one-token steps go through
-    torch.compile; the logits of every step equal the eager model's to float32 rounding, and it can be undone."""
+    """model.compile_decoding(): the prompt stays eager, every layer's one-token steps go through torch.compile
+    (the attention layers' cache growing, and moving to a larger buffer after the first step); the logits of
+    every step equal the eager model's to float32 rounding, and it can be undone."""
     cfg = Qwen3NextConfig.tiny()
     torch.manual_seed(0)
     model = Qwen3NextForCausalLM(cfg).eval()
     ids = torch.randint(0, cfg.vocab_size, (2, 12))
 
-    def logits():
+    padded = torch.ones(2, 12, dtype=torch.long)
+    padded[0, :3] = 0  # the first row left-padded
+
+    def logits(mask=None):
         cache = model.new_cache(2)
-        out = [model(ids[:, :8], cache=cache).logits]
-        out += [model(ids[:, t:t + 1], cache=cache).logits for t in range(8, 12)]
+        out = [model(ids[:, :8], cache=cache, attention_mask=None if mask is None else mask[:, :8]).logits]
+        out += [model(ids[:, t:t + 1], cache=cache, attention_mask=None if mask is None else mask[:, :t + 1]).logits
+                for t in range(8, 12)]
         return torch.cat(out, dim=1)
 
     with torch.no_grad():
-        eager = logits()
+        eager, eager_padded = logits(), logits(padded)
         model.compile_decoding()
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        layers = model.model.layers
-        assert all(("forward" in vars(layer)) == (layer.layer_type == "linear_attention") for layer in layers)
-        compiled = logits()
+        assert all("forward" in vars(layer) for layer in model.model.layers)
+        compiled, compiled_padded = logits(), logits(padded)
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # the steps did go through it
         model.compile_decoding(False)
         assert not any("forward" in vars(layer) for layer in model.model.layers)
     assert max_abs_diff(compiled, eager) <= 1e-5
+    assert max_abs_diff(compiled_padded[1:], eager_padded[1:]) <= 1e-5
+    assert max_abs_diff(compiled_padded[0, 3:], eager_padded[0, 3:]) <= 1e-5  # the padding's own rows are noise

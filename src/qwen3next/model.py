@@ -270,7 +270,7 @@ class Qwen3NextForCausalLM(nn.Module):
                             expert_cache_size=expert_cache_size, check_finite=check_finite)
 
     def compile_decoding(self, enabled: bool = True) -> None:
-        """Run the one-token steps of the DeltaNet layers through ``torch.compile`` (``False``: eager again);
+        """Run the layers' one-token steps through ``torch.compile`` (``False``: eager again);
         see :meth:`qwen3next.decoder_layer.DecoderLayer.compile_decoding`. The first step after it compiles
         (seconds); results equal the eager ones to float32 rounding."""
         for layer in self.model.layers:
