@@ -5,7 +5,8 @@ plus the shared expert; heads and widths scaled from the release by about 1/8):
 
 1. prefill: one forward pass over 512 tokens;
 2. decode: prefill 256 tokens, then 64 one-token steps on the cache (ours: ``HybridCache``; the
-   reference: its own ``DynamicCache`` through ``model(..., cache=..., use_cache=True)``);
+   reference: its own ``DynamicCache`` through ``model(..., cache=..., use_cache=True)``); the steps
+   alone once more with ``ours.compile_decoding()`` (torch.compile), with what compiling costs;
 3. a training step: forward and backward of the loss (cross-entropy plus the load-balancing loss) on a
    batch of 8 sequences of 256 tokens, both models in train mode; the gradients are compared.
 
@@ -24,7 +25,7 @@ import torch
 from timing import measure, race, report, setup, timed
 
 from qwen3next.config import Qwen3NextConfig
-from qwen3next.model import Qwen3NextForCausalLM
+from qwen3next.model import Qwen3NextForCausalLM, linear_cross_entropy
 from qwen3next.reference import max_abs_diff, moe_state_dict_to_reference, reference_config
 
 MEDIUM = dict(
@@ -92,6 +93,7 @@ def main():
         t = race({"ours": lambda: timed(ours_prefilled()[1]), "ref": lambda: timed(ref_prefilled()[1])}, args.repeats)
         report(f"{s} decode steps alone", t["ours"], t["ref"],
                f" ({t['ours'].median() / s * 1e3:.2f} vs {t['ref'].median() / s * 1e3:.2f} ms per token)")
+        decode_compiled(ours, ours_prefilled, ref_prefilled, s, args.repeats)
         # both pay the same lm_head matmul per token (vocab x hidden)
         h = torch.randn(1, 1, cfg.hidden_size)
         head = measure(lambda: [ours.lm_head(h) for _ in range(s)], args.repeats).median()
@@ -100,6 +102,18 @@ def main():
               f"{head / s * 1e3:.2f} ms per token; the layer stack alone: ratio of medians {stack:.2f}x")
 
     train_step(ours, ref, cfg, args.train_batch, args.train_len, args.repeats)
+
+
+def decode_compiled(ours, ours_prefilled, ref_prefilled, steps: int, repeats: int) -> None:
+    """The decode steps again with ``ours.compile_decoding()`` (the layers' one-token steps through torch.compile):
+    what the first step costs (compiling), and the steps against the reference's; then back to eager."""
+    ours.compile_decoding()
+    first = timed(lambda: ours_prefilled()[1]())
+    t = race({"ours": lambda: timed(ours_prefilled()[1]), "ref": lambda: timed(ref_prefilled()[1])}, repeats)
+    report(f"{steps} decode steps alone, ours with compile_decoding() (the first {steps} steps, compiling "
+           f"included: {first.wall:.1f} s wall)", t["ours"], t["ref"],
+           f" ({t['ours'].median() / steps * 1e3:.2f} vs {t['ref'].median() / steps * 1e3:.2f} ms per token)")
+    ours.compile_decoding(False)
 
 
 def train_step(ours, ref, cfg, batch: int, length: int, repeats: int) -> None:
@@ -118,21 +132,28 @@ def train_step(ours, ref, cfg, batch: int, length: int, repeats: int) -> None:
     grads = dict(ref.named_parameters())
     worst = max(max_abs_diff(p.grad, grads[n].grad) for n, p in ours.named_parameters()
                 if n in grads and grads[n].grad is not None)
-    # what both pay alike: the vocabulary projection and the cross-entropy, forward and backward
+    # the vocabulary projection and the cross-entropy, forward and backward: the same products on both sides,
+    # ours fused (linear_cross_entropy, what our model runs) and written plainly (what the reference runs)
     h = torch.randn(batch, length, cfg.hidden_size, requires_grad=True)
+    targets = torch.nn.functional.pad(ids[:, 1:], (0, 1), value=-100).flatten()
 
-    def head_and_loss():
+    def head_and_loss(fused: bool):
         ours.lm_head.weight.grad = h.grad = None
-        logits = ours.lm_head(h)
-        torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
+        if fused:
+            loss = linear_cross_entropy(h, ours.lm_head.weight, targets)[0]
+        else:
+            loss = torch.nn.functional.cross_entropy(ours.lm_head(h).flatten(0, 1), targets, ignore_index=-100)
+        loss.backward()
 
-    sides["head + loss"] = head_and_loss
+    sides["head + loss, fused"] = lambda: head_and_loss(True)
+    sides["head + loss, plain"] = lambda: head_and_loss(False)
     t = race(sides, repeats)
     report(f"training step, batch {batch} x {length} tokens (gradients max |diff| {worst:.1e} on the parameters "
            f"both name alike)", t["ours"], t["ref"])
-    shared = t["head + loss"].median()
-    print(f"    of which the vocabulary projection and the loss (the same products on both sides): {t['head + loss']}; "
-          f"the layers alone: ratio of medians {(t['ours'].median() - shared) / (t['ref'].median() - shared):.2f}x")
+    fused, plain = t["head + loss, fused"], t["head + loss, plain"]
+    print(f"    of which the vocabulary projection and the loss: ours (fused) {fused}; the reference's way (plain) "
+          f"{plain}; the layers alone: ratio of medians "
+          f"{(t['ours'].median() - fused.median()) / (t['ref'].median() - plain.median()):.2f}x")
     ours.eval()
     ref.eval()
 

@@ -1,6 +1,7 @@
 """The optimised paths equal the plain ones: the DeltaNet decoding step, the causal conv as shifted
 multiply-adds, the per-width chunk size, the MoE's split groups under autograd, and the loss with shifted
-targets (float32 to rounding; bfloat16 within the tolerance the other tests give the reference)."""
+targets computed with the logits (linear_cross_entropy), float32 to rounding; bfloat16 within the
+tolerance the other tests give the reference."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch.nn.functional as F
 
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.deltanet import DeltaNetState, GatedDeltaNet, causal_conv1d
-from qwen3next.model import Qwen3NextForCausalLM
+from qwen3next.linear import STREAMED_WEIGHT, Linear, _stream_one_row
+from qwen3next.model import Qwen3NextForCausalLM, linear_cross_entropy
 from qwen3next.moe import SparseMoeBlock
 from qwen3next.reference import max_abs_diff, reference_twin
 
@@ -115,3 +117,83 @@ def test_loss_with_shifted_targets_and_ignored_positions():
         plain = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
         assert abs(out.loss.item() - plain.item()) <= 1e-6
         assert abs(out.loss.item() - ref(ids, labels=labels).loss.item()) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("logits_too", [False, True])
+def test_linear_cross_entropy_equals_the_plain_loss_and_its_gradients(dtype, tol, logits_too):
+    """Chunks of 128 rows over 600 (a short last chunk), ignored targets, and the logits used in a second
+    loss: the loss, the logits and both gradients are those of F.linear + F.cross_entropy."""
+    torch.manual_seed(0)
+    h = torch.randn(2, 300, 64, dtype=dtype, requires_grad=True)
+    W = (torch.randn(1000, 64) * 0.1).to(dtype).requires_grad_()
+    targets = torch.randint(0, 1000, (600,))
+    targets[::7] = -100
+
+    def grads(loss, logits):
+        total = loss * 3 + (logits.float().pow(2).mean() if logits_too else 0)
+        return [g.float() for g in torch.autograd.grad(total, (h, W))]
+
+    loss, logits = linear_cross_entropy(h, W, targets, chunk=128)
+    fused = grads(loss, logits)
+    plain_logits = F.linear(h, W)
+    plain_loss = F.cross_entropy(plain_logits.flatten(0, 1).float(), targets, ignore_index=-100)
+    plain = grads(plain_loss, plain_logits)
+    assert abs(loss.item() - plain_loss.item()) <= 1e-5
+    assert max_abs_diff(logits, plain_logits) == 0
+    for a, b in zip(fused, plain, strict=True):
+        assert max_abs_diff(a, b) <= tol * b.abs().max().item()
+    with torch.no_grad():  # no gradient work without autograd
+        loss, logits = linear_cross_entropy(h, W, targets)
+    assert not loss.requires_grad and abs(loss.item() - plain_loss.item()) <= 1e-5
+
+
+def test_one_row_through_a_large_weight_equals_f_linear():
+    """The streamed kernel (one float32 row, a weight of STREAMED_WEIGHT elements or more, no autograd) gives
+    F.linear's numbers to float32 rounding; with gradients on, or several rows, the plain call runs."""
+    torch.manual_seed(0)
+    layer = Linear(256, STREAMED_WEIGHT // 256, bias=False)
+    x = torch.randn(1, 1, 256)
+    with torch.no_grad():
+        assert _stream_one_row(x, layer.weight, None)
+        y = layer(x)
+        assert y.shape == (1, 1, layer.out_features)
+        assert max_abs_diff(y, F.linear(x, layer.weight)) <= 1e-5
+        assert not _stream_one_row(torch.randn(2, 256), layer.weight, None)
+        assert not _stream_one_row(x.double(), layer.weight.double(), None)
+    assert not _stream_one_row(x, layer.weight, None)  # the weight requires grad: autograd must see F.linear
+    assert layer(x).requires_grad
+
+
+@pytest.mark.slow
+def test_compiled_decoding_equals_eager():
+    """model.compile_decoding(): the prompt stays eager, every layer's one-token steps go through torch.compile
+    (the attention layers' cache growing, and moving to a larger buffer after the first step); the logits of
+    every step equal the eager model's to float32 rounding, and it can be undone."""
+    cfg = Qwen3NextConfig.tiny()
+    torch.manual_seed(0)
+    model = Qwen3NextForCausalLM(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (2, 12))
+
+    padded = torch.ones(2, 12, dtype=torch.long)
+    padded[0, :3] = 0  # the first row left-padded
+
+    def logits(mask=None):
+        cache = model.new_cache(2)
+        out = [model(ids[:, :8], cache=cache, attention_mask=None if mask is None else mask[:, :8]).logits]
+        out += [model(ids[:, t:t + 1], cache=cache, attention_mask=None if mask is None else mask[:, :t + 1]).logits
+                for t in range(8, 12)]
+        return torch.cat(out, dim=1)
+
+    with torch.no_grad():
+        eager, eager_padded = logits(), logits(padded)
+        model.compile_decoding()
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert all("forward" in vars(layer) for layer in model.model.layers)
+        compiled, compiled_padded = logits(), logits(padded)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # the steps did go through it
+        model.compile_decoding(False)
+        assert not any("forward" in vars(layer) for layer in model.model.layers)
+    assert max_abs_diff(compiled, eager) <= 1e-5
+    assert max_abs_diff(compiled_padded[1:], eager_padded[1:]) <= 1e-5
+    assert max_abs_diff(compiled_padded[0, 3:], eager_padded[0, 3:]) <= 1e-5  # the padding's own rows are noise

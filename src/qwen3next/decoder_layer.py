@@ -8,6 +8,8 @@ one layer is of the full-attention kind.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -57,3 +59,34 @@ class DecoderLayer(nn.Module):
         if isinstance(h, tuple):  # the MoE block also returns its router logits (B*T, E)
             h, router_logits = h
         return x + h, router_logits
+
+    def compile_decoding(self, enabled: bool = True) -> None:
+        """Run this layer's one-token steps through ``torch.compile`` from now on (``False``: back to eager).
+
+        Longer inputs, and steps with autograd on, stay eager. One compiled graph serves every layer of a
+        kind (weights and states are its inputs); it is made on the first steps, which then take seconds,
+        and again for each new batch size. An attention layer's graph takes the number of cached tokens as
+        a symbol (after the first two steps), so the growing cache does not recompile it. It fuses the many
+        small element-wise operations of a step (norms, gates, RoPE, the conv window, the state update, the
+        router); the products stay the same BLAS calls and the routed experts run eagerly. Same numbers to
+        float32 rounding (``tests/test_fast_paths.py``).
+        """
+        if enabled:
+            # an instance attribute shadows the method: nn.Module.__call__ then runs it, nothing else changes
+            self.__dict__["forward"] = functools.partial(_compiled_if_one_token, self)
+        else:
+            self.__dict__.pop("forward", None)
+
+
+def _compiled_if_one_token(layer: DecoderLayer, x: torch.Tensor, *args, **kwargs):
+    """The compiled forward for a decoding step (one token, no autograd), the eager one for anything else."""
+    step = x.shape[1] == 1 and not torch.is_grad_enabled()
+    return (_compiled_forward(layer.layer_type) if step else DecoderLayer.forward)(layer, x, *args, **kwargs)
+
+
+@functools.cache
+def _compiled_forward(layer_type: str):
+    """``DecoderLayer.forward`` compiled, made once per process. ``cpp_wrapper``: the compiled graph is called
+    from C++ rather than from generated Python, which matters when a step is a few hundred microseconds."""
+    return torch.compile(DecoderLayer.forward, dynamic=None if layer_type == "full_attention" else False,
+                         options={"cpp_wrapper": True})

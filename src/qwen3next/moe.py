@@ -182,7 +182,10 @@ def experts_grouped(
     return y.view(N, k, -1).sum(dim=1, dtype=torch.float32).to(x.dtype)
 
 
-_DISPATCH = {"loop": experts_loop, "sorted": experts_sorted, "grouped": experts_grouped}
+# never traced by torch.compile (DecoderLayer.compile_decoding): which experts run depends on the data, and a
+# compiled graph would be specialised to (and recompiled for) every choice of experts
+_DISPATCH = {name: torch.compiler.disable(fn) for name, fn in
+             (("loop", experts_loop), ("sorted", experts_sorted), ("grouped", experts_grouped))}
 
 
 # -------------------------------------------------------------------------------------------- block
