@@ -25,7 +25,8 @@ import torch
 from timing import measure, race, report, setup, timed
 
 from qwen3next.config import Qwen3NextConfig
-from qwen3next.model import Qwen3NextForCausalLM, linear_cross_entropy
+from qwen3next.loss import linear_cross_entropy
+from qwen3next.model import Qwen3NextForCausalLM
 from qwen3next.reference import max_abs_diff, moe_state_dict_to_reference, reference_config
 
 MEDIUM = dict(

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.deltanet import DeltaNetState, GatedDeltaNet, causal_conv1d
 from qwen3next.linear import STREAMED_WEIGHT, Linear, _stream_one_row
-from qwen3next.model import Qwen3NextForCausalLM, linear_cross_entropy
+from qwen3next.loss import linear_cross_entropy
+from qwen3next.model import Qwen3NextForCausalLM
 from qwen3next.moe import SparseMoeBlock
 from qwen3next.reference import max_abs_diff, reference_twin
 
