@@ -57,15 +57,13 @@ def causal_conv1d(
     (B, C, T), K = x.shape, weight.shape[1]
     if state is None:
         state = x.new_zeros(B, C, K)
-    # time-major (B, K + T, C): each shifted tap below is then one contiguous block, and the output comes
-    # out time-major too (returned as its (B, C, T) view), which is how the layer lays its channels out
-    window = torch.cat([state.transpose(1, 2).to(x.dtype), x.transpose(1, 2)], dim=1)  # (B, K + T, C)
+    window = torch.cat([state.to(x.dtype), x], dim=-1)  # (B, C, K + T)
     # K shifted multiply-adds summed in float32, rounded once: the sum causal_conv1d_step makes per token
-    taps, w = window[:, 1:].float(), weight.float().t()  # (B, K - 1 + T, C), (K, C)
-    y = taps[:, :T] * w[0]
+    taps, w = window[..., 1:].float(), weight.float()  # (B, C, K - 1 + T), (C, K)
+    y = taps[..., :T] * w[:, :1]
     for j in range(1, K):
-        y = y.addcmul_(taps[:, j:j + T], w[j])  # (B, T, C)
-    return y.to(x.dtype).transpose(1, 2), window[:, -K:].transpose(1, 2).clone(memory_format=torch.contiguous_format)
+        y = y.addcmul_(taps[..., j:j + T], w[:, j:j + 1])  # (B, C, T)
+    return y.to(x.dtype), window[..., -K:].clone()
 
 
 def _check_conv_inputs(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor | None) -> None:
