@@ -97,12 +97,12 @@ class StoryWriter:
         ``log p`` is added to the story. A single option is no choice at all and costs nothing."""
         if not options:
             raise ValueError("choose: no options to choose from")
-        weights = [1.0] * len(options) if weights is None else list(map(float, weights))
+        weights = [1.0] * len(options) if weights is None else [float(w) for w in weights]
         if len(weights) != len(options) or min(weights) <= 0:
             raise ValueError(f"choose: expected one positive weight per option, got "
                              f"{weights}")
         total = sum(weights)
-        u = self.rng.random() * total  # random(): the same on every platform and Python
+        u = self.rng.random() * total  # random(): the same on every platform
         i = 0
         while i < len(options) - 1 and u >= weights[i]:
             u -= weights[i]
