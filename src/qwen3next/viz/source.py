@@ -14,7 +14,7 @@ import textwrap
 
 
 def source_lines(obj, lines: tuple[int | str, int | str] | None = None, docstring: bool = True) -> list[str]:
-    """The source lines of ``obj``, dedented.
+    """The source lines of ``obj``, dedented (an excerpt by its own indentation).
 
     ``lines = (first, last)`` keeps only those lines, inclusive. Each bound is a line number, counted
     from 1 at the first line of the source (decorators included), or the start of a line's text (its
@@ -31,7 +31,8 @@ def source_lines(obj, lines: tuple[int | str, int | str] | None = None, docstrin
         if not (1 <= first <= last <= len(out)):
             raise ValueError(f"lines: expected 1 <= first <= last <= {len(out)} for {obj.__qualname__}, "
                              f"found {lines}")
-        out = out[first - 1:last]
+        # an excerpt from inside a body loses the body's indentation too: the page has no room for it
+        out = textwrap.dedent("\n".join(out[first - 1:last])).splitlines()
     return out
 
 
