@@ -5,8 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from qwen3next import Qwen3NextForCausalLM, Tokenizer, tiny_pretrained_path
 from qwen3next.exercises import UNANSWERED
 from qwen3next.exercises import ch06_gated_deltanet as ex
+from qwen3next.lens import deltanet_gates, story_ids
+from qwen3next.stories import generate_stories
 
 
 def gates(b, a, A_log, dt_bias):
@@ -36,8 +39,29 @@ def test_gates():
     assert not ex.check_gates(lambda *args: 1 / 0)
 
 
+def test_longest_keeper(capsys):
+    path = tiny_pretrained_path()
+    model, tokenizer = Qwen3NextForCausalLM.from_pretrained(path).eval(), Tokenizer.from_pretrained(path)
+    gates = deltanet_gates(model, story_ids(tokenizer, generate_stories(8, seed=10_000)))
+    kept, median_decay = {}, {}
+    for layer, (_, g) in gates.items():
+        alpha = g[0].double().exp()  # (T, H)
+        windows = alpha[1:].unfold(0, ex.KEPT_SPAN, 1).prod(-1)  # (T - span, H): one product per write
+        for head in range(alpha.shape[1]):
+            kept[layer, head] = windows[:, head].median().item()
+            median_decay[layer, head] = g[0, :, head].median().item()
+    right = max(kept, key=kept.get)
+    slowest = max(median_decay, key=median_decay.get)  # the longest half-life at a typical token
+    assert slowest != right and kept[slowest] < 1e-3  # what the exercise is about
+    assert ex.check_longest_keeper(right) and ex.check_longest_keeper(list(right))
+    assert capsys.readouterr().out.splitlines() == ["Correct!"] * 2
+    for wrong in (slowest, (3, 0), (right[0], 9), "1, 2"):  # 3: an attention layer; head 9: none
+        assert not ex.check_longest_keeper(wrong), wrong
+        assert capsys.readouterr().out.startswith("Not yet. Hint: "), wrong
+
+
 def test_placeholder_gets_a_reminder(capsys):
-    checks = [ex.check_deltanet_params, ex.check_state_mib, ex.check_gates]
+    checks = [ex.check_deltanet_params, ex.check_state_mib, ex.check_gates, ex.check_longest_keeper]
     assert not any(check(...) for check in checks)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(checks) and all(ln.startswith("Not yet. Hint: " + UNANSWERED) for ln in lines)

@@ -72,3 +72,41 @@ def check_gates(fn) -> bool:
                 return report(False, f"{name} is off for {b.dtype} inputs of scale up to "
                               f"{a.float().abs().max().item():.0f}. {hint}")
     return report(True, hint)
+
+
+# Exercise 6.6: what the book's trained model keeps of a write, over the chapter's 8 held-out stories
+KEPT_SPAN = 100
+HELD_OUT_SEED = 10_000
+
+
+def _kept_after(g: torch.Tensor, span: int = KEPT_SPAN) -> torch.Tensor:
+    """``(H,)``: per head, the median over writes t of ``exp(g[t+1] + ... + g[t+span])`` (``g``: ``(T, H)``)."""
+    c = torch.cat([g.new_zeros(1, g.shape[1]), g.double().cumsum(0)])  # c[t] = g[0] + ... + g[t-1]
+    return (c[span + 1:] - c[1:-span]).exp().median(0).values
+
+
+def check_longest_keeper(answer) -> bool:
+    """``(layer, head)`` of the trained model's DeltaNet head that keeps the most of a write ``KEPT_SPAN`` tokens
+    later (median over the writes) on ``generate_stories(8, seed=10_000)``."""
+    from .. import Qwen3NextForCausalLM, Tokenizer, tiny_pretrained_path
+    from ..lens import deltanet_gates, story_ids
+    from ..stories import generate_stories
+
+    hint = (f"per head, exp(g[t+1] + ... + g[t+{KEPT_SPAN}]) for every token t with t + {KEPT_SPAN} inside the "
+            "text (a cumulative sum of g gives each window's sum as a difference), the median over t, then the "
+            "largest over all (layer, head); answer with the model's layer index, e.g. (4, 0).")
+    if answer is Ellipsis:
+        return report(False, f"{UNANSWERED} {hint}")
+    path = tiny_pretrained_path()
+    model, tokenizer = Qwen3NextForCausalLM.from_pretrained(path).eval(), Tokenizer.from_pretrained(path)
+    gates = deltanet_gates(model, story_ids(tokenizer, generate_stories(8, seed=HELD_OUT_SEED)))
+    kept = {(layer, head): value.item() for layer, (_, g) in gates.items()
+            for head, value in enumerate(_kept_after(g[0]))}
+    try:
+        answer = tuple(int(v) for v in answer)
+    except (TypeError, ValueError):
+        return report(False, f"answer with a pair of ints (layer, head). {hint}")
+    if answer not in kept:
+        return report(False, f"{answer} is not a DeltaNet head: the layers are {sorted(gates)}, the heads "
+                      f"0 to {model.config.linear_num_value_heads - 1}. {hint}")
+    return check_equal(answer, max(kept, key=kept.get), hint)
