@@ -79,8 +79,10 @@ class KVCache:
             return self.key, self.value
         S, T = self._length, k.shape[2]
         if S + T > self._key.shape[2]:  # full: move to buffers with room for more tokens
-            self._key, self._value = (self._grow(buf, S + T) for buf in (self._key, self._value))
-        self._key[:, :, S : S + T] = k  # (B, Hkv, T, D) written in place, cast to the cache's dtype
+            self._key, self._value = (self._grow(buf, S + T)
+                                      for buf in (self._key, self._value))
+        # (B, Hkv, T, D) written in place, cast to the cache's dtype
+        self._key[:, :, S : S + T] = k
         self._value[:, :, S : S + T] = v
         self._length = S + T
         return self.key, self.value
@@ -246,10 +248,12 @@ class GatedAttention(nn.Module):
         ``q`` and ``k`` come out normed and rotated, ready for attention."""
         B, T, _ = x.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
-        q, gate = self.q_proj(x).view(B, T, H, 2 * D).split(D, dim=-1)  # (B, T, H, D) each
+        # (B, T, H, D) each
+        q, gate = self.q_proj(x).view(B, T, H, 2 * D).split(D, dim=-1)
         gate = gate.reshape(B, T, H * D)
         q = self.q_norm(q).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_norm(self.k_proj(x).view(B, T, Hkv, D)).transpose(1, 2)  # (B, Hkv, T, D)
+        # (B, Hkv, T, D)
+        k = self.k_norm(self.k_proj(x).view(B, T, Hkv, D)).transpose(1, 2)
         v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, gate
 
@@ -276,7 +280,8 @@ class GatedAttention(nn.Module):
             allowed = allowed_positions(attention_mask, B, past, T, x.device)  # (B or 1, 1, T, past + T)
         out = KERNELS[self.implementation](q, k, v, allowed)  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(B, T, -1)  # (B, T, H D)
-        out = out * torch.sigmoid(gate)  # each feature of each head has its own gate in (0, 1)
+        # each feature of each head has its own gate in (0, 1)
+        out = out * torch.sigmoid(gate)
         return self.o_proj(out)  # (B, T, hidden)
 
     @staticmethod

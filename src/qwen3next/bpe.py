@@ -27,7 +27,8 @@ def bytes_to_unicode() -> dict[int, str]:
     characters, space, 0x7F..0xA0, 0xAD) are moved to U+0100 and up, in byte order. So space (0x20)
     becomes 'Ġ' (U+0120) and newline (0x0A) becomes 'Ċ' (U+010A). BPE then works on ordinary strings.
     """
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1),
+                 *range(0xAE, 0xFF + 1)]
     table = {b: chr(b) for b in printable}
     shift = 0
     for b in range(256):
@@ -119,7 +120,8 @@ def bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     while heap:
         r, i, a, b = heapq.heappop(heap)
         j = nxt[i]
-        # stale: i was absorbed into its left neighbour, or one side changed since the entry was pushed
+        # stale: i was absorbed into its left neighbour, or one side changed since the
+        # entry was pushed
         if sym[i] != a or j == -1 or sym[j] != b:
             continue
         sym[i] = a + b

@@ -192,8 +192,10 @@ class Qwen3NextConfig:
         """The reference's rule: every ``full_attention_interval``-th layer is full attention."""
         n = self.full_attention_interval
         if not isinstance(n, int) or n < 1:
-            raise ConfigError(f"full_attention_interval: expected a positive integer, found {n!r}")
-        return ["full_attention" if (i + 1) % n == 0 else "linear_attention" for i in range(self.num_hidden_layers)]
+            raise ConfigError("full_attention_interval: expected a positive integer, "
+                              f"found {n!r}")
+        return ["full_attention" if (i + 1) % n == 0 else "linear_attention"
+                for i in range(self.num_hidden_layers)]
 
     @property
     def rope_type(self) -> str:

@@ -127,10 +127,13 @@ def recurrent_gated_delta_rule(
     for t in range(T):
         q_t, k_t, v_t = q[:, :, t], k[:, :, t], v[:, :, t]  # (B, Hv, D)
         h = h * alpha[:, :, t, None, None]  # forget
-        prediction = (k_t.unsqueeze(-2) @ h).squeeze(-2)  # (B, Hv, Dv): what h recalls for k_t
-        delta = beta[:, :, t, None] * (v_t - prediction)  # (B, Hv, Dv): the correction to write
+        # (B, Hv, Dv): what h recalls for k_t
+        prediction = (k_t.unsqueeze(-2) @ h).squeeze(-2)
+        # (B, Hv, Dv): the correction to write
+        delta = beta[:, :, t, None] * (v_t - prediction)
         h = h + k_t.unsqueeze(-1) * delta.unsqueeze(-2)  # rank-1 update k_t delta^T
-        outputs.append((q_t.unsqueeze(-2) @ h).squeeze(-2))  # (B, Hv, Dv): read with q_t
+        # (B, Hv, Dv): read with q_t
+        outputs.append((q_t.unsqueeze(-2) @ h).squeeze(-2))
     o = torch.stack(outputs, dim=1) if T else v.new_zeros(B, 0, Hv, Dv)  # (B, T, Hv, Dv)
     return o.to(out_dtype), h if output_final_state else None
 
@@ -216,12 +219,16 @@ def chunk_gated_delta_rule(
     Gamma = (gamma.unsqueeze(-1) - gamma.unsqueeze(-2)).masked_fill(~lower, -math.inf).exp()  # (..., r, C, C)
 
     # UT transform: T_inv = (I + strictly_lower(diag(beta) (K K^T * Gamma)))^-1, then U and W are products
-    A = (k @ k.transpose(-1, -2) * Gamma * beta.unsqueeze(-1)).tril(-1)  # (N, B, Hk, r, C, C)
+    A = (k @ k.transpose(-1, -2) * Gamma
+         * beta.unsqueeze(-1)).tril(-1)  # (N, B, Hk, r, C, C)
     T_inv = unit_lower_inverse(A)
-    # T diag(beta) V and T diag(beta exp(gamma)) K: scaling the columns of T (C x C) is cheaper than the
-    # rows of V and K (C x D); and the r value heads of a key head share K, so W is one product per key head
+    # T diag(beta) V and T diag(beta exp(gamma)) K: scaling the columns of T (C x C) is
+    # cheaper than the rows of V and K (C x D); and the r value heads of a key head
+    # share K, so W is one product per key head
     U = (T_inv * beta.unsqueeze(-2)) @ v  # (N, B, Hk, r, C, Dv)
-    W = (T_inv * (beta * gamma.exp()).unsqueeze(-2)).reshape(N, B, Hk, r * C, C) @ k.squeeze(3)  # (N, B, Hk, rC, Dk)
+    beta_decay = beta * gamma.exp()
+    # (N, B, Hk, rC, Dk)
+    W = (T_inv * beta_decay.unsqueeze(-2)).reshape(N, B, Hk, r * C, C) @ k.squeeze(3)
 
     P = q @ k.transpose(-1, -2) * Gamma  # (N, B, Hk, r, C, C) intra-chunk "attention", lower triangular
     q_in = q * gamma.exp().unsqueeze(-1)  # (N, B, Hk, r, C, Dk) reads the state carried into the chunk
@@ -338,7 +345,8 @@ def _invert_unit_lower(A: torch.Tensor, block: int = 16) -> torch.Tensor:
             span *= 2
         return X
     h = n // 2
-    X11, X22 = _invert_unit_lower(A[..., :h, :h], block), _invert_unit_lower(A[..., h:, h:], block)
+    X11, X22 = (_invert_unit_lower(A[..., :h, :h], block),
+                _invert_unit_lower(A[..., h:, h:], block))
     X = torch.zeros_like(A)
     X[..., :h, :h], X[..., h:, h:] = X11, X22
     X[..., h:, :h] = -(X22 @ A[..., h:, :h]) @ X11

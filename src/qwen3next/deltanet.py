@@ -58,7 +58,8 @@ def causal_conv1d(
     if state is None:
         state = x.new_zeros(B, C, K)
     window = torch.cat([state.to(x.dtype), x], dim=-1)  # (B, C, K + T)
-    # K shifted multiply-adds summed in float32, rounded once: the sum causal_conv1d_step makes per token
+    # K shifted multiply-adds summed in float32, rounded once: the sum
+    # causal_conv1d_step makes per token
     taps, w = window[..., 1:].float(), weight.float()  # (B, C, K - 1 + T), (C, K)
     y = taps[..., :T] * w[:, :1]
     for j in range(1, K):
@@ -198,12 +199,14 @@ class GatedDeltaNet(nn.Module):
         Returns q, k (B, T, Hk, Dk), v, z (B, T, Hv, Dv), b, a (B, T, Hv).
         """
         B, T, _ = qkvz.shape
-        Hk, Hv, Dk, Dv = self.num_k_heads, self.num_v_heads, self.head_k_dim, self.head_v_dim
+        Hk, Hv = self.num_k_heads, self.num_v_heads
+        Dk, Dv = self.head_k_dim, self.head_v_dim
         r = Hv // Hk
         qkvz = qkvz.view(B, T, Hk, 2 * Dk + 2 * r * Dv)
         q, k, v, z = torch.split(qkvz, [Dk, Dk, r * Dv, r * Dv], dim=-1)
         b, a = torch.split(ba.view(B, T, Hk, 2 * r), [r, r], dim=-1)
-        v, z = v.reshape(B, T, Hv, Dv), z.reshape(B, T, Hv, Dv)  # value head = key head * r + j
+        # value head = key head * r + j
+        v, z = v.reshape(B, T, Hv, Dv), z.reshape(B, T, Hv, Dv)
         return q, k, v, z, b.reshape(B, T, Hv), a.reshape(B, T, Hv)
 
     def gates(self, b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,7 +232,8 @@ class GatedDeltaNet(nn.Module):
         if attention_mask is not None:
             x = (x * attention_mask[:, :, None]).to(x.dtype)
         q, k, v, z, b, a = self.split_projections(self.in_proj_qkvz(x), self.in_proj_ba(x))
-        q, k, v = self.short_conv(q, k, v, cache)  # (B, T, Hk, Dk), (B, T, Hk, Dk), (B, T, Hv, Dv)
+        # (B, T, Hk, Dk), (B, T, Hk, Dk), (B, T, Hv, Dv)
+        q, k, v = self.short_conv(q, k, v, cache)
         beta, g = self.gates(b, a)
         o = self.delta_rule(q, k, v, g, beta, cache)  # (B, T, Hv, Dv)
         o = self.norm(o, z)  # per value head, gated by z
@@ -240,7 +244,8 @@ class GatedDeltaNet(nn.Module):
 
         Continues from ``cache.conv_state`` and stores the new window there; returns q, k, v in heads."""
         B, T = q.shape[:2]
-        qkv = torch.cat([q.reshape(B, T, -1), k.reshape(B, T, -1), v.reshape(B, T, -1)], dim=-1).transpose(1, 2)
+        flat = [q.reshape(B, T, -1), k.reshape(B, T, -1), v.reshape(B, T, -1)]
+        qkv = torch.cat(flat, dim=-1).transpose(1, 2)
         weight = self.conv1d.weight.squeeze(1)  # (conv_dim, K)
         state = None if cache is None else cache.conv_state
         if state is not None and T == 1:  # decoding: slide the conv window by one, in place
@@ -251,7 +256,8 @@ class GatedDeltaNet(nn.Module):
             cache.conv_state = state
         qkv = F.silu(qkv).transpose(1, 2)  # (B, T, conv_dim)
         q, k, v = torch.split(qkv, [self.key_dim, self.key_dim, self.value_dim], dim=-1)
-        return (q.reshape(B, T, self.num_k_heads, self.head_k_dim), k.reshape(B, T, self.num_k_heads, self.head_k_dim),
+        return (q.reshape(B, T, self.num_k_heads, self.head_k_dim),
+                k.reshape(B, T, self.num_k_heads, self.head_k_dim),
                 v.reshape(B, T, self.num_v_heads, self.head_v_dim))
 
     def delta_rule(self, q, k, v, g, beta, cache: DeltaNetState | None) -> torch.Tensor:
@@ -259,12 +265,17 @@ class GatedDeltaNet(nn.Module):
 
         Continues from ``cache.recurrent_state`` and stores the new state there (float32)."""
         h = None if cache is None else cache.recurrent_state
-        if h is not None and q.shape[1] == 1:  # decoding: one step of the recurrence, on the cached state in place
-            h = h if h.dtype == torch.float32 and h.is_contiguous() else h.float().contiguous()
-            o = recurrent_gated_delta_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], h).unsqueeze(1)
+        # decoding: one step of the recurrence, on the cached state in place
+        if h is not None and q.shape[1] == 1:
+            h = (h if h.dtype == torch.float32 and h.is_contiguous()
+                 else h.float().contiguous())
+            o = recurrent_gated_delta_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0],
+                                           beta[:, 0], h).unsqueeze(1)
         else:
-            o, h = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size, initial_state=h,
-                                          output_final_state=cache is not None, use_qk_l2norm_in_kernel=True)
+            o, h = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size,
+                                          initial_state=h,
+                                          output_final_state=cache is not None,
+                                          use_qk_l2norm_in_kernel=True)
         if cache is not None:
             cache.recurrent_state = h
         return o
@@ -306,16 +317,22 @@ class GatedDeltaNet(nn.Module):
         Hk, Hv, Dk, Dv = self.num_k_heads, self.num_v_heads, self.head_k_dim, self.head_v_dim
         r = Hv // Hk
         x = x[:, 0]  # (B, hidden)
-        qkvz = F.linear(x, self.in_proj_qkvz.weight)  # (B, Hk (2Dk + 2rDv)), interleaved per key head
+        # (B, Hk (2Dk + 2rDv)), interleaved per key head
+        qkvz = F.linear(x, self.in_proj_qkvz.weight)
         ba = F.linear(x, self.in_proj_ba.weight).view(B, Hk, 2 * r)  # per key head [b | a]
         conv_index, z_index = self._step_indices(x.device)
-        qkv = causal_conv1d_step(qkvz.index_select(1, conv_index), self.conv1d.weight.squeeze(1), cache.conv_state)
-        q, k, v = F.silu(qkv).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)  # (B, .) each
-        beta, g = self.gates(ba[..., :r].reshape(B, Hv), ba[..., r:].reshape(B, Hv))  # (B, Hv)
-        o = recurrent_gated_delta_step(q.view(B, Hk, Dk), k.view(B, Hk, Dk), v.view(B, Hv, Dv), g, beta,
+        qkv = causal_conv1d_step(qkvz.index_select(1, conv_index),
+                                 self.conv1d.weight.squeeze(1), cache.conv_state)
+        # (B, .) each
+        q, k, v = F.silu(qkv).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        # (B, Hv)
+        beta, g = self.gates(ba[..., :r].reshape(B, Hv), ba[..., r:].reshape(B, Hv))
+        o = recurrent_gated_delta_step(q.view(B, Hk, Dk), k.view(B, Hk, Dk),
+                                       v.view(B, Hv, Dv), g, beta,
                                        cache.recurrent_state)  # (B, Hv, Dv)
         o = self.norm(o, qkvz.index_select(1, z_index).view(B, Hv, Dv))
-        return F.linear(o.view(B, 1, self.value_dim), self.out_proj.weight)  # (B, 1, hidden)
+        # (B, 1, hidden)
+        return F.linear(o.view(B, 1, self.value_dim), self.out_proj.weight)
 
     def _step_indices(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Columns of ``qkvz`` holding the conv's channels ``[q (all heads) | k | v]``, and those of ``z``."""

@@ -38,7 +38,8 @@ def dequantize_fp8(w: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, i
     _check_fp8_args(w, block, scale_inv)
     O, I = w.shape
     bo, bi = block
-    s = scale_inv.float().repeat_interleave(bo, dim=0)[:O].repeat_interleave(bi, dim=1)[:, :I]  # (O, I)
+    s = (scale_inv.float().repeat_interleave(bo, dim=0)[:O]
+         .repeat_interleave(bi, dim=1)[:, :I])  # (O, I)
     return (w.float() * s).to(dtype)
 
 

@@ -181,14 +181,16 @@ def stream(
     out = model(input_ids, attention_mask=attention_mask, cache=cache, logits_to_keep=1)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
-        token = next_token(out.logits[:, -1], temperature, top_k, top_p, min_p, generator)  # (B,)
+        token = next_token(out.logits[:, -1], temperature, top_k, top_p, min_p,
+                           generator)  # (B,)
         if eos is not None:
             token = token.masked_fill(finished, pad_token_id)
             finished = finished | torch.isin(token, eos)
         yield token
         if bool(finished.all()) or step == max_new_tokens - 1:
             return
-        # decode: one token per row; the cache extends its padding mask with a 1 by itself
+        # decode: one token per row; the cache extends its padding mask with a 1 by
+        # itself
         out = model(token[:, None], cache=cache, logits_to_keep=1)
 
 

@@ -62,9 +62,12 @@ class MLP(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
-        self.gate_proj = Linear(hidden_size, intermediate_size, bias=False)  # W_g (I, H)
-        self.up_proj = Linear(hidden_size, intermediate_size, bias=False)  # W_u (I, H)
-        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)  # W_d (H, I)
+        # W_g (I, H)
+        self.gate_proj = Linear(hidden_size, intermediate_size, bias=False)
+        # W_u (I, H)
+        self.up_proj = Linear(hidden_size, intermediate_size, bias=False)
+        # W_d (H, I)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., H) -> (..., H)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -115,8 +118,10 @@ def experts_loop(
     Sums the k weighted expert outputs of each token in float32 and rounds once at the end.
     """
     y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # (N, H)
-    for e in torch.unique(top_i).tolist():  # only experts that received a token, in increasing order
-        tok, slot = torch.where(top_i == e)  # (n_e,), (n_e,): which tokens chose e, in which slot
+    # only experts that received a token, in increasing order
+    for e in torch.unique(top_i).tolist():
+        # (n_e,), (n_e,): which tokens chose e, in which slot
+        tok, slot = torch.where(top_i == e)
         out = swiglu(x[tok], experts[e]) * top_w[tok, slot, None]  # (n_e, H)
         y.index_add_(0, tok, out.float())
     return y.to(x.dtype)
@@ -136,20 +141,26 @@ def experts_sorted(
     """Routed experts after one sort by expert: x (N, H), top_i / top_w (N, k) -> (N, H)."""
     N, k = top_i.shape
     if N == 1:  # decoding one token: its k experts are distinct, nothing to sort
-        y = torch.cat([swiglu(x, experts[e]) for e in top_i[0].tolist()]) * top_w[0, :, None]  # (k, H)
+        y = (torch.cat([swiglu(x, experts[e]) for e in top_i[0].tolist()])
+             * top_w[0, :, None])  # (k, H)
         return y.sum(dim=0, keepdim=True, dtype=torch.float32).to(x.dtype)  # (1, H)
     order, hit, counts = _sort_by_expert(top_i)
     token = order // k  # (N*k,) the token of each assignment, in expert order
     weight = top_w.reshape(-1).index_select(0, order)  # (N*k,) its routing weight
-    # index_select rather than x[...]: the same gather, several times faster for whole rows on a CPU
-    x_sorted = x.index_select(0, token)  # (N*k, H): a contiguous slice of rows per hit expert
-    y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # (N, H) summed in float32
-    # split, not slices: autograd then joins the groups' gradients once, instead of one zero-filled
-    # (N*k, H) tensor per expert
-    groups = zip(hit, x_sorted.split(counts), token.split(counts), weight.split(counts), strict=True)
+    # index_select rather than x[...]: the same gather, several times faster for
+    # whole rows on a CPU
+    # (N*k, H): a contiguous slice of rows per hit expert
+    x_sorted = x.index_select(0, token)
+    # (N, H) summed in float32
+    y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    # split, not slices: autograd then joins the groups' gradients once, instead of
+    # one zero-filled (N*k, H) tensor per expert
+    groups = zip(hit, x_sorted.split(counts), token.split(counts),
+                 weight.split(counts), strict=True)
     for e, x_e, token_e, weight_e in groups:
         out = swiglu(x_e, experts[e])  # (n_e, H)
-        # scatter-add straight into the tokens' rows: no concatenation, no inverse permutation
+        # scatter-add straight into the tokens' rows: no concatenation, no inverse
+        # permutation
         y.index_add_(0, token_e, (out * weight_e[:, None]).float())
     return y.to(x.dtype)
 
@@ -224,12 +235,15 @@ class SparseMoeBlock(nn.Module):
         B, T, H = hidden_states.shape
         x = hidden_states.reshape(B * T, H)  # (N, H) tokens are independent here
         router_logits = self.gate(x)  # (N, E)
-        top_w, top_i, _ = route(router_logits, self.top_k, self.norm_topk_prob, dtype=x.dtype)  # (N, k)
+        top_w, top_i, _ = route(router_logits, self.top_k, self.norm_topk_prob,
+                                dtype=x.dtype)  # (N, k)
         if x.shape[0] == 0:  # no tokens, nothing to route
             routed = torch.zeros_like(x)
         else:
-            routed = _DISPATCH[dispatch or self.dispatch](x, self.experts, top_i, top_w)  # (N, H)
-        shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)  # (N, 1) * (N, H)
+            # (N, H)
+            routed = _DISPATCH[dispatch or self.dispatch](x, self.experts, top_i, top_w)
+        # (N, 1) * (N, H)
+        shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return (routed + shared).view(B, T, H), router_logits
 
     def _check_forward_inputs(self, hidden_states: torch.Tensor, dispatch: str | None) -> None:
@@ -264,13 +278,17 @@ def load_balancing_loss(
     """
     layers = _check_loss_inputs(router_logits, num_experts, attention_mask)  # one (N, E) tensor per layer
     mask = None if attention_mask is None else attention_mask.reshape(-1).float()  # (N,)
-    counts = torch.zeros(num_experts, dtype=torch.float32, device=layers[0].device)  # sum_t 1[e in topk(t)]
-    prob_sum = torch.zeros(num_experts, dtype=torch.float32, device=layers[0].device)  # sum_t p_e(t)
+    counts = torch.zeros(num_experts, dtype=torch.float32,
+                         device=layers[0].device)  # sum_t 1[e in topk(t)]
+    prob_sum = torch.zeros(num_experts, dtype=torch.float32,
+                           device=layers[0].device)  # sum_t p_e(t)
     rows = 0.0
     for logits in layers:
         probs = F.softmax(logits, dim=-1, dtype=torch.float32)  # (N, E)
-        chosen = F.one_hot(torch.topk(probs, top_k, dim=-1).indices, num_experts).sum(1).float()  # (N, E)
-        w = torch.ones(probs.shape[0], device=probs.device) if mask is None else mask.to(probs.device)
+        chosen = F.one_hot(torch.topk(probs, top_k, dim=-1).indices,
+                           num_experts).sum(1).float()  # (N, E)
+        w = (torch.ones(probs.shape[0], device=probs.device) if mask is None
+             else mask.to(probs.device))
         counts = counts + (w[:, None] * chosen).sum(0)
         prob_sum = prob_sum + (w[:, None] * probs).sum(0)
         rows = rows + w.sum()

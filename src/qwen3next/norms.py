@@ -73,7 +73,8 @@ class RMSNormGated(_RMSNormBase):
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # (..., D), (..., D)
         _check_norm_inputs(x, self.weight.shape[0], gate)
         dtype = x.dtype
-        # the normalised value is rounded to the input dtype before the gain, like the reference
+        # the normalised value is rounded to the input dtype before the gain,
+        # like the reference
         y = self.weight * rms_normalize(x, self.eps).to(dtype)
         y = y * F.silu(gate.float())
         return y.to(dtype)

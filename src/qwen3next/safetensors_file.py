@@ -97,15 +97,18 @@ def _checked_header(path: Path) -> tuple[dict, int, int]:
     with path.open("rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:
-            raise CheckpointError(f"{path.name}: {size} bytes is too short for a safetensors file "
-                                  f"(expected an 8-byte header length first)")
+            raise CheckpointError(f"{path.name}: {size} bytes is too short for a "
+                                  f"safetensors file (expected an 8-byte header "
+                                  f"length first)")
         (n,) = struct.unpack("<Q", prefix)
         if n > MAX_HEADER_BYTES:
-            raise CheckpointError(f"{path.name}: corrupt header: its length field says {n:,} bytes "
-                                  f"(at most {MAX_HEADER_BYTES:,} expected)")
+            raise CheckpointError(f"{path.name}: corrupt header: its length field "
+                                  f"says {n:,} bytes (at most {MAX_HEADER_BYTES:,} "
+                                  f"expected)")
         if 8 + n > size:
-            raise CheckpointError(f"{path.name}: truncated or corrupt header: it should span {n:,} bytes "
-                                  f"but the file has only {size - 8:,} after the length field")
+            raise CheckpointError(f"{path.name}: truncated or corrupt header: "
+                                  f"it should span {n:,} bytes but the file has only "
+                                  f"{size - 8:,} after the length field")
         raw = f.read(n)
     header = parse_json(raw, f"{path.name}: corrupt header", CheckpointError, strict=True, max_depth=MAX_HEADER_DEPTH)
     if not isinstance(header, dict):

@@ -254,7 +254,8 @@ class Tokenizer:
         ids = self._checked_ids(ids)
         id_bytes = self._id_bytes()
         skip = self.special_ids if skip_special_tokens else frozenset()
-        return b"".join([id_bytes[i] for i in ids if i not in skip]).decode("utf-8", errors="replace")
+        raw = b"".join([id_bytes[i] for i in ids if i not in skip])
+        return raw.decode("utf-8", errors="replace")
 
     def _checked_ids(self, ids: Any) -> list[int]:
         """What ``decode`` accepts: an id, or a sequence / tensor / array of ids, every one in the vocabulary.
