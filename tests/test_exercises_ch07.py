@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qwen3next import Qwen3NextConfig
+from qwen3next import Qwen3NextConfig, Qwen3NextForCausalLM, Tokenizer, tiny_pretrained_path
 from qwen3next.accounting import moe_params
 from qwen3next.exercises import UNANSWERED
 from qwen3next.exercises import ch07_moe as ex
+from qwen3next.lens import story_ids
 from qwen3next.moe import route
+from qwen3next.stories import generate_stories
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only waits
 
@@ -60,8 +62,32 @@ def test_dense_moe(capsys):
     assert "Not yet" in capsys.readouterr().out
 
 
+def test_layer_balance(capsys):
+    path = tiny_pretrained_path()
+    model, tokenizer = Qwen3NextForCausalLM.from_pretrained(path).eval(), Tokenizer.from_pretrained(path)
+    E, k = model.config.num_experts, model.config.num_experts_per_tok
+    with torch.no_grad():
+        logits = model(story_ids(tokenizer, generate_stories(8, seed=10_000)), output_router_logits=True).router_logits
+    right = []
+    for lg in logits:  # the formula by hand: f_e from a one-hot of the top k, P_e the mean probability
+        p = lg.float().softmax(-1)
+        f = torch.zeros_like(p).scatter(1, p.topk(k).indices, 1.0).mean(0)
+        right.append(E * (f * p.mean(0)).sum().item())
+    assert len(right) == model.config.num_hidden_layers and min(right) < k < max(right)  # one below k
+    assert ex.check_layer_balance(right) and ex.check_layer_balance(torch.tensor(right))
+    assert capsys.readouterr().out.splitlines() == ["Correct!"] * 2
+    no_topk = [E * (lg.float().softmax(-1).mean(0) ** 2).sum().item() * k for lg in logits]  # P_e for f_e
+    one_off = [*right[:5], right[5] * 1.01, *right[6:]]
+    for wrong in (no_topk, one_off, right[:-1], [float(k)] * len(right), max(right)):
+        assert not ex.check_layer_balance(wrong)
+        assert capsys.readouterr().out.startswith("Not yet. Hint: ")
+    ex.check_layer_balance(one_off)
+    assert "layer 5" in capsys.readouterr().out
+
+
 def test_every_check_answers_the_placeholder(capsys):
-    checks = [ex.check_active_moe_params, ex.check_router, ex.check_uniform_balance_loss, ex.check_dense_moe]
+    checks = [ex.check_active_moe_params, ex.check_router, ex.check_uniform_balance_loss, ex.check_dense_moe,
+              ex.check_layer_balance]
     for check in checks:
         assert not check(...)
         assert capsys.readouterr().out.startswith("Not yet. Hint: " + UNANSWERED), check.__name__
