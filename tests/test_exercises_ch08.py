@@ -8,6 +8,7 @@ import torch
 from qwen3next.exercises import UNANSWERED
 from qwen3next.exercises import ch08_model as ex
 from qwen3next.generate import filter_logits
+from qwen3next.lens import residual_stream
 from qwen3next.reference import layer_differences
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only waits
@@ -58,7 +59,34 @@ def test_broken_layer():
     assert ex.check_broken_layer(found) and not ex.check_broken_layer(found + 1)
 
 
+def lens_by_hook(model, ids, layer, remove=True):
+    caught = []
+    hook = model.model.layers[layer].register_forward_hook(lambda _m, _args, out: caught.append(out[0]))
+    with torch.no_grad():
+        model(ids)
+        if remove:
+            hook.remove()
+        return model.lm_head(model.model.norm(caught[0]))
+
+
+def test_logit_lens(capsys):
+    assert ex.check_logit_lens(lens_by_hook)
+    assert capsys.readouterr().out.strip() == "Correct!"
+    wrong = {
+        "hook left on": lambda m, ids, layer: lens_by_hook(m, ids, layer, remove=False),
+        "no final norm": lambda m, ids, layer: m.lm_head(residual_stream(m, ids)[layer + 1]),
+        "one layer early": lambda m, ids, layer: m.lm_head(m.model.norm(residual_stream(m, ids)[layer])),
+        "last position only": lambda m, ids, layer: lens_by_hook(m, ids, layer)[:, -1],
+        "raises": lambda m, ids, layer: 1 / 0,
+    }
+    for name, fn in wrong.items():
+        assert not ex.check_logit_lens(fn), name
+        assert capsys.readouterr().out.startswith("Not yet. Hint: "), name
+
+
 def test_every_check_answers_the_placeholder(capsys):
-    for check in (ex.check_deltanet_layer_params, ex.check_top_p, ex.check_greedy, ex.check_broken_layer):
+    checks = [ex.check_deltanet_layer_params, ex.check_top_p, ex.check_greedy, ex.check_broken_layer,
+              ex.check_logit_lens]
+    for check in checks:
         assert not check(...)
         assert capsys.readouterr().out.startswith("Not yet. Hint: " + UNANSWERED), check.__name__

@@ -133,3 +133,56 @@ def check_broken_layer(answer: int) -> bool:
     return check_equal(answer, _broken_layer(), "run layer_differences(ours, ref, ids): the residual "
                        "stream agrees to ~1e-7 up to some layer, and the first layer whose difference jumps "
                        "by orders of magnitude is the broken one.")
+
+
+# Exercise 8.6: the logit lens of one layer, on the book's trained model
+LENS_HINT = ("catch the output of model.model.layers[layer] with register_forward_hook (a layer returns a "
+             "tuple: the hidden state first), run the model once, remove the hook, then apply "
+             "model.model.norm and model.lm_head to the caught (B, T, H) state; layer 0 is the first decoder "
+             "layer.")
+
+
+def _lens_cases():
+    """The trained model and ``(ids, layer)`` pairs: one held-out story at two depths, two stories (cut to
+    one length) as a batch at two more, the last layer among them (whose read-out is the model's output)."""
+    from .. import Qwen3NextForCausalLM, Tokenizer, tiny_pretrained_path
+    from ..lens import story_ids
+    from ..stories import generate_stories
+
+    path = tiny_pretrained_path()
+    model, tokenizer = Qwen3NextForCausalLM.from_pretrained(path).eval(), Tokenizer.from_pretrained(path)
+    rows = [story_ids(tokenizer, [story])[0] for story in generate_stories(2, seed=10_000)]
+    T = min(len(r) for r in rows)
+    last = model.config.num_hidden_layers - 1
+    cases = [(rows[0][None], 0), (rows[0][None], 3), (torch.stack([r[:T] for r in rows]), last - 1),
+             (torch.stack([r[:T] for r in rows]), last)]
+    return model, cases
+
+
+def check_logit_lens(fn) -> bool:
+    """``fn(model, input_ids (B, T), layer) -> (B, T, V)``: the logit lens after decoder layer ``layer``.
+
+    Compared with :func:`qwen3next.lens.logit_lens` on the trained model (one story and a batch of two,
+    four layers); the model must carry no hook of ``fn``'s afterwards.
+    """
+    from ..lens import logit_lens
+
+    if fn is Ellipsis:
+        return check_equal(fn, None, LENS_HINT)
+    model, cases = _lens_cases()
+    for ids, layer in cases:
+        case = f"for a ({ids.shape[0]}, {ids.shape[1]}) batch at layer {layer}"
+        try:
+            got = fn(model, ids.clone(), layer)
+        except Exception as err:  # a student's function may fail in any way: say how
+            return report(False, f"{case} your function raised {type(err).__name__}: {err}. {LENS_HINT}")
+        if any(m._forward_hooks for m in model.modules()):
+            return report(False, f"{case} your hook is still on the model after the call: keep the handle "
+                          "that register_forward_hook returns and call handle.remove().")
+        want = logit_lens(model, ids)[layer + 1]  # [0] is the read-out of the embedding
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(want.shape):
+            found = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            return report(False, f"{case} expected logits of shape {tuple(want.shape)}, got {found}. {LENS_HINT}")
+        if not (got.detach().float() - want).abs().max() <= 1e-4 * (1 + want.abs().max()):
+            return report(False, f"{case} your logits differ from the lens's. {LENS_HINT}")
+    return report(True, "")
