@@ -55,7 +55,7 @@ def test_longest_keeper(capsys):
     assert slowest != right and kept[slowest] < 1e-3  # what the exercise is about
     assert ex.check_longest_keeper(right) and ex.check_longest_keeper(list(right))
     assert capsys.readouterr().out.splitlines() == ["Correct!"] * 2
-    for wrong in (slowest, (3, 0), (right[0], 9), "1, 2"):  # 3: an attention layer; head 9: none
+    for wrong in (slowest, (3, 0), (right[0], 9), "1, 2", "12"):  # 3: an attention layer; head 9: none
         assert not ex.check_longest_keeper(wrong), wrong
         assert capsys.readouterr().out.startswith("Not yet. Hint: "), wrong
 

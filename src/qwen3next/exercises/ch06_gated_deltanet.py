@@ -103,8 +103,10 @@ def check_longest_keeper(answer) -> bool:
     kept = {(layer, head): value.item() for layer, (_, g) in gates.items()
             for head, value in enumerate(_kept_after(g[0]))}
     try:
-        answer = tuple(int(v) for v in answer)
+        answer = tuple(int(v) for v in answer) if not isinstance(answer, str) else None
     except (TypeError, ValueError):
+        answer = None
+    if answer is None:
         return report(False, f"answer with a pair of ints (layer, head). {hint}")
     if answer not in kept:
         return report(False, f"{answer} is not a DeltaNet head: the layers are {sorted(gates)}, the heads "

@@ -135,7 +135,8 @@ def check_broken_layer(answer: int) -> bool:
                        "by orders of magnitude is the broken one.")
 
 
-# Exercise 8.6: the logit lens of one layer, on the book's trained model
+# Exercise 8.6: the logit lens of one layer, on the book's trained model and the chapter's held-out stories
+HELD_OUT_SEED = 10_000
 LENS_HINT = ("catch the output of model.model.layers[layer] with register_forward_hook (a layer returns a "
              "tuple: the hidden state first), run the model once, remove the hook, then apply "
              "model.model.norm and model.lm_head to the caught (B, T, H) state; layer 0 is the first decoder "
@@ -151,7 +152,7 @@ def _lens_cases():
 
     path = tiny_pretrained_path()
     model, tokenizer = Qwen3NextForCausalLM.from_pretrained(path).eval(), Tokenizer.from_pretrained(path)
-    rows = [story_ids(tokenizer, [story])[0] for story in generate_stories(2, seed=10_000)]
+    rows = [story_ids(tokenizer, [story])[0] for story in generate_stories(2, seed=HELD_OUT_SEED)]
     T = min(len(r) for r in rows)
     last = model.config.num_hidden_layers - 1
     cases = [(rows[0][None], 0), (rows[0][None], 3), (torch.stack([r[:T] for r in rows]), last - 1),
