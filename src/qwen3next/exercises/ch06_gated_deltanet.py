@@ -76,7 +76,6 @@ def check_gates(fn) -> bool:
 
 # Exercise 6.6: what the book's trained model keeps of a write, over the chapter's 8 held-out stories
 KEPT_SPAN = 100
-HELD_OUT_SEED = 10_000
 
 
 def _kept_after(g: torch.Tensor, span: int = KEPT_SPAN) -> torch.Tensor:
@@ -88,18 +87,16 @@ def _kept_after(g: torch.Tensor, span: int = KEPT_SPAN) -> torch.Tensor:
 def check_longest_keeper(answer) -> bool:
     """``(layer, head)`` of the trained model's DeltaNet head that keeps the most of a write ``KEPT_SPAN`` tokens
     later (median over the writes) on ``generate_stories(8, seed=10_000)``."""
-    from .. import Qwen3NextForCausalLM, Tokenizer, tiny_pretrained_path
     from ..lens import deltanet_gates, story_ids
-    from ..stories import generate_stories
+    from .trained import held_out_stories, trained_model_and_tokenizer
 
     hint = (f"per head, exp(g[t+1] + ... + g[t+{KEPT_SPAN}]) for every token t with t + {KEPT_SPAN} inside the "
             "text (a cumulative sum of g gives each window's sum as a difference), the median over t, then the "
             "largest over all (layer, head); answer with the model's layer index, e.g. (4, 0).")
     if answer is Ellipsis:
         return report(False, f"{UNANSWERED} {hint}")
-    path = tiny_pretrained_path()
-    model, tokenizer = Qwen3NextForCausalLM.from_pretrained(path).eval(), Tokenizer.from_pretrained(path)
-    gates = deltanet_gates(model, story_ids(tokenizer, generate_stories(8, seed=HELD_OUT_SEED)))
+    model, tokenizer = trained_model_and_tokenizer()
+    gates = deltanet_gates(model, story_ids(tokenizer, held_out_stories(8)))
     kept = {(layer, head): value.item() for layer, (_, g) in gates.items()
             for head, value in enumerate(_kept_after(g[0]))}
     try:

@@ -91,8 +91,6 @@ def check_dense_moe(answer) -> bool:
 
 
 # Exercise 7.7: the trained router's balance, layer by layer, on the chapter's first 8 held-out stories
-HELD_OUT_SEED = 10_000
-
 LAYER_BALANCE_HINT = ("for each layer's router logits (N, E): f_e = the share of the N tokens with e among "
                       "their top k (expert_load / N), P_e = the mean softmax probability of e over the tokens, "
                       "and E * sum_e f_e * P_e; one number per layer, in layer order.")
@@ -101,17 +99,15 @@ LAYER_BALANCE_HINT = ("for each layer's router logits (N, E): f_e = the share of
 def check_layer_balance(answer) -> bool:
     """The load-balancing loss of each layer of the trained model alone, on ``generate_stories(8, seed=10_000)``
     (the first 8 of the chapter's held-out stories): a sequence of ``num_hidden_layers`` numbers."""
-    from .. import Qwen3NextForCausalLM, Tokenizer, tiny_pretrained_path
     from ..lens import story_ids
-    from ..stories import generate_stories
+    from .trained import held_out_stories, trained_model_and_tokenizer
 
     if answer is Ellipsis:
         return check_equal(answer, None, LAYER_BALANCE_HINT)
-    path = tiny_pretrained_path()
-    model, tokenizer = Qwen3NextForCausalLM.from_pretrained(path).eval(), Tokenizer.from_pretrained(path)
+    model, tokenizer = trained_model_and_tokenizer()
     cfg = model.config
     with torch.no_grad():
-        out = model(story_ids(tokenizer, generate_stories(8, seed=HELD_OUT_SEED)), output_router_logits=True)
+        out = model(story_ids(tokenizer, held_out_stories(8)), output_router_logits=True)
     expected = [load_balancing_loss(lg, cfg.num_experts, cfg.num_experts_per_tok).item() for lg in out.router_logits]
     try:
         got = [float(v) for v in answer]

@@ -136,7 +136,6 @@ def check_broken_layer(answer: int) -> bool:
 
 
 # Exercise 8.6: the logit lens of one layer, on the book's trained model and the chapter's held-out stories
-HELD_OUT_SEED = 10_000
 LENS_HINT = ("catch the output of model.model.layers[layer] with register_forward_hook (a layer returns a "
              "tuple: the hidden state first), run the model once, remove the hook, then apply "
              "model.model.norm and model.lm_head to the caught (B, T, H) state; layer 0 is the first decoder "
@@ -146,13 +145,11 @@ LENS_HINT = ("catch the output of model.model.layers[layer] with register_forwar
 def _lens_cases():
     """The trained model and ``(ids, layer)`` pairs: one held-out story at two depths, two stories (cut to
     one length) as a batch at two more, the last layer among them (whose read-out is the model's output)."""
-    from .. import Qwen3NextForCausalLM, Tokenizer, tiny_pretrained_path
     from ..lens import story_ids
-    from ..stories import generate_stories
+    from .trained import held_out_stories, trained_model_and_tokenizer
 
-    path = tiny_pretrained_path()
-    model, tokenizer = Qwen3NextForCausalLM.from_pretrained(path).eval(), Tokenizer.from_pretrained(path)
-    rows = [story_ids(tokenizer, [story])[0] for story in generate_stories(2, seed=HELD_OUT_SEED)]
+    model, tokenizer = trained_model_and_tokenizer()
+    rows = [story_ids(tokenizer, [story])[0] for story in held_out_stories(2)]
     T = min(len(r) for r in rows)
     last = model.config.num_hidden_layers - 1
     cases = [(rows[0][None], 0), (rows[0][None], 3), (torch.stack([r[:T] for r in rows]), last - 1),
