@@ -8,7 +8,9 @@ plus the shared expert; heads and widths scaled from the release by about 1/8):
    reference: its own ``DynamicCache`` through ``model(..., cache=..., use_cache=True)``); the steps
    alone once more with ``ours.compile_decoding()`` (torch.compile), with what compiling costs;
 3. a training step: forward and backward of the loss (cross-entropy plus the load-balancing loss) on a
-   batch of 8 sequences of 256 tokens, both models in train mode; the gradients are compared.
+   batch of 8 sequences of 256 tokens, both models in train mode; the gradients are compared. Then the
+   same step in mixed precision (``torch.autocast`` to bfloat16) on both sides, and ours in mixed
+   precision against the reference's float32 step.
 
 Both models see the same token ids; logits are compared before timing. Prints the times (median
 [range] of alternating runs, ``benchmarks/timing.py``) and the ratio ours / reference (below 1 means
@@ -123,11 +125,15 @@ def train_step(ours, ref, cfg, batch: int, length: int, repeats: int) -> None:
     ours.train()
     ref.train()
 
-    def step(model, kwargs):
+    def step(model, kwargs, mixed=False):
         model.zero_grad(set_to_none=True)
-        model(ids, labels=ids, output_router_logits=True, **kwargs).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+            loss = model(ids, labels=ids, output_router_logits=True, **kwargs).loss
+        loss.backward()
 
-    sides = {"ours": lambda: step(ours, {}), "ref": lambda: step(ref, {"use_cache": False})}
+    sides = {"ours": lambda: step(ours, {}), "ref": lambda: step(ref, {"use_cache": False}),
+             "ours, mixed": lambda: step(ours, {}, mixed=True),
+             "ref, mixed": lambda: step(ref, {"use_cache": False}, mixed=True)}
     sides["ours"]()
     sides["ref"]()
     grads = dict(ref.named_parameters())
@@ -155,6 +161,10 @@ def train_step(ours, ref, cfg, batch: int, length: int, repeats: int) -> None:
     print(f"    of which the vocabulary projection and the loss: ours (fused) {fused}; the reference's way (plain) "
           f"{plain}; the layers alone: ratio of medians "
           f"{(t['ours'].median() - fused.median()) / (t['ref'].median() - plain.median()):.2f}x")
+    report("the same step in mixed precision (torch.autocast to bfloat16, float32 weights), both sides",
+           t["ours, mixed"], t["ref, mixed"])
+    report("ours in mixed precision against the reference's float32 step (what a reader gains by switching)",
+           t["ours, mixed"], t["ref"])
     ours.eval()
     ref.eval()
 

@@ -212,6 +212,17 @@ def test_a_few_steps_lower_the_loss_and_are_logged(tok, tmp_path):
     assert isinstance(evals[-1]["sample"], str) and evals[-1]["sample"].startswith(cfg.sample_prompt)
 
 
+def test_mixed_precision_training_keeps_float32_weights_and_learns(tok):
+    model = _small(tok)
+    init_for_training(model, generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(steps=20, batch_size=4, seq_len=64, lr=1e-2, warmup_steps=3, eval_every=20, eval_stories=8,
+                      sample_tokens=8, mixed_precision=True)
+    history = train(model, tok, cfg, progress=False)
+    first, last = sum(r["lm"] for r in history[:3]) / 3, sum(r["lm"] for r in history[-3:]) / 3
+    assert last < first - 1.0, (first, last)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert math.isfinite(history[-1]["val_lm"])
+
 def test_save_pretrained_round_trip_with_transformers(tok, tmp_path):
     from transformers import AutoTokenizer
     from transformers import Qwen3NextForCausalLM as Reference

@@ -71,6 +71,9 @@ def main(argv=None) -> int:
     # the shipped recall_log.jsonl is the "recall" study; "capacity" (32 pairs) is extra, about 7 minutes
     parser.add_argument("--studies", default="recall",
                         help=f"which recall studies to run, of {', '.join(RECALL_STUDIES)}")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="bfloat16 products under torch.autocast, float32 weights (faster on CPUs with bfloat16 "
+                             "instructions; the shipped model was trained in float32)")
     parser.add_argument("--quick", action="store_true", help="a few steps of everything, into --out")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -82,7 +85,8 @@ def main(argv=None) -> int:
     summary = {"threads": args.threads, "load_average_at_start": os.getloadavg()}
     if not args.skip_model:
         # chunk 32: the shipped model's run (its log's config); the layer's own choice would be 16 here
-        cfg = TrainConfig(steps=args.steps, eval_every=min(100, args.steps), chunk_size=32)
+        cfg = TrainConfig(steps=args.steps, eval_every=min(100, args.steps), chunk_size=32,
+                          mixed_precision=args.mixed_precision)
         summary["model"] = train_model(args.out, cfg, progress=not args.no_progress)
         summary["model_seconds"] = time.perf_counter() - start
         print(json.dumps(summary["model"], indent=2))

@@ -31,10 +31,25 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     time while their logits are still in the cache: no (B T, V) log-softmax to keep for the backward
     pass, nor a second one to write in it (:class:`_LinearCrossEntropy`). The logits keep their own
     gradient, for a caller who puts them into another loss.
+
+    Under ``torch.autocast`` the two operands are cast to the autocast dtype first, as autocast casts
+    those of a linear layer: the products run in bfloat16, the softmax and the sums stay in float32.
     """
+    hidden, weight = _autocast_operands(hidden, weight)
     needs = torch.is_grad_enabled() and (hidden.requires_grad, weight.requires_grad)
-    loss, logits = _LinearCrossEntropy.apply(hidden.flatten(0, 1), weight, targets, chunk, needs or (False, False))
+    with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are settled: no casts inside
+        loss, logits = _LinearCrossEntropy.apply(hidden.flatten(0, 1), weight, targets, chunk,
+                                                 needs or (False, False))
     return loss, logits.view(*hidden.shape[:-1], -1)
+
+
+def _autocast_operands(hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``hidden`` and ``weight`` in the autocast dtype inside an autocast region, else unchanged."""
+    device = hidden.device.type
+    if not torch.is_autocast_enabled(device):
+        return hidden, weight
+    dtype = torch.get_autocast_dtype(device)
+    return hidden.to(dtype), weight.to(dtype)  # differentiable casts: the gradients come back in float32
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -52,18 +67,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for s in range(0, N, chunk):
             rows = slice(s, min(s + chunk, N))
             z = torch.mm(h[rows], weight.t(), out=logits[rows]).float()  # (n, V)
-            lse = torch.logsumexp(z, dim=-1)  # (n,)
             target, keep = targets[rows].clamp(min=0), counted[rows]
-            total += ((lse - z.gather(1, target[:, None])[:, 0]) * keep).sum()
             if softmax is None:
+                lse = torch.logsumexp(z, dim=-1)  # (n,)
+                total += ((lse - z.gather(1, target[:, None])[:, 0]) * keep).sum()
                 continue
-            grad = torch.sub(z, lse[:, None], out=softmax[: z.shape[0]]).exp_()  # (n, V) softmax
+            # exp once, for the log-sum-exp and the softmax alike: exp(z - max) / its sum
+            top = z.amax(dim=-1, keepdim=True)  # (n, 1)
+            grad = torch.sub(z, top, out=softmax[: z.shape[0]]).exp_()  # (n, V)
+            norm = grad.sum(dim=-1, keepdim=True)  # (n, 1)
+            lse = (top + norm.log())[:, 0]  # (n,)
+            total += ((lse - z.gather(1, target[:, None])[:, 0]) * keep).sum()
+            grad.div_(norm)  # softmax
             grad[torch.arange(grad.shape[0], device=h.device), target] -= keep.float()  # minus onehot(target)
-            grad = grad.mul_((keep.float() / count)[:, None])  # d loss / d logits
+            grad = grad.mul_((keep.float() / count)[:, None]).to(weight.dtype)  # d loss / d logits
             if dh is not None:
-                torch.mm(grad.to(weight.dtype), weight, out=dh[rows])
-            if dW is not None:
-                dW.addmm_(grad.t().to(acc), h[rows].to(acc))
+                torch.mm(grad, weight, out=dh[rows])
+            if dW is not None:  # each chunk's product in the weight's dtype, their sum in float32
+                dW.addmm_(grad.t(), h[rows]) if dW.dtype == weight.dtype else dW.add_(grad.t() @ h[rows])
         ctx.save_for_backward(dh, None if dW is None else dW.to(weight.dtype), h, weight)
         ctx.set_materialize_grads(False)
         return total / count, logits

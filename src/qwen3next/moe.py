@@ -251,7 +251,8 @@ class SparseMoeBlock(nn.Module):
             raise ValueError(
                 f"hidden_states: expected shape (batch, seq, {self.hidden_size}), found {tuple(hidden_states.shape)}"
             )
-        if hidden_states.dtype != self.gate.weight.dtype:
+        autocast = torch.is_autocast_enabled(hidden_states.device.type)  # it settles the products' dtype
+        if hidden_states.dtype != self.gate.weight.dtype and not autocast:
             raise TypeError(
                 f"hidden_states: dtype {hidden_states.dtype} does not match the router weight's "
                 f"{self.gate.weight.dtype}"

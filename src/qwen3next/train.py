@@ -303,6 +303,7 @@ class TrainConfig:
     balance_coef: float | None = None  # None: the model config's router_aux_loss_coef
     seed: int = 0
     chunk_size: int | None = None  # of the chunked delta rule (None: the layer's own); speed, not result
+    mixed_precision: bool = False  # bfloat16 products under torch.autocast; float32 weights and optimiser
     eval_every: int = 100
     eval_stories: int = 128
     sample_prompt: str = "Once upon a time, there was"
@@ -343,6 +344,7 @@ def train(model: nn.Module, tokenizer, cfg: TrainConfig,
     groups = param_groups(model, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
     batches = packed_batches(tokenizer, cfg.batch_size, cfg.seq_len, seed=cfg.seed)
+    device = model.lm_head.weight.device.type
     history, start, cpu_start = [], time.perf_counter(), time.process_time()
     bar = tqdm(range(cfg.steps), disable=not progress, desc="training")
     for step in bar:
@@ -351,8 +353,9 @@ def train(model: nn.Module, tokenizer, cfg: TrainConfig,
                            cfg.final_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses = compute_losses(model, next(batches), mtp_weight=cfg.mtp_weight,
-                                balance_coef=cfg.balance_coef)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.mixed_precision):
+            losses = compute_losses(model, next(batches), mtp_weight=cfg.mtp_weight,
+                                    balance_coef=cfg.balance_coef)
         losses.total.backward()
         grad_norm = clip_gradients(model, cfg.clip)
         optimizer.step()
