@@ -27,6 +27,7 @@ from transformers.models.qwen3_next.modeling_qwen3_next import (
     load_balancing_loss_func,
 )
 
+from qwen3next import moe
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.experts import StackedExperts
 from qwen3next.moe import (
@@ -203,9 +204,13 @@ def test_stacked_experts_state_dict_round_trip_and_errors():
         other.load_state_dict(bad)
 
 
+@pytest.mark.parametrize("gather", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_one_token_on_the_stack_matches_the_loop(dtype):
-    """Decoding (N = 1) gathers the k experts from the stack: same output and gradients as the loop."""
+def test_one_token_on_the_stack_matches_the_loop(dtype, gather, monkeypatch):
+    """Decoding (N = 1) on the stack, its k experts gathered for one product (small experts) or one
+    after the other (``GATHER_LIMIT`` 0, as for the released width): output and gradients of the loop."""
+    if not gather:
+        monkeypatch.setattr(moe, "GATHER_LIMIT", 0)
     torch.manual_seed(16)
     cfg = tiny_cfg(num_experts=16, num_experts_per_tok=4)
     block = SparseMoeBlock(cfg).to(dtype)

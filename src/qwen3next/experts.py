@@ -94,6 +94,11 @@ class StackedExperts(nn.Module):
     def intermediate_size(self) -> int:
         return self.down_proj.shape[-1]
 
+    @property
+    def expert_size(self) -> int:
+        """Elements of one expert's three weights, ``3 I H``."""
+        return self.gate_up_proj[0].numel() + self.down_proj[0].numel()
+
     def __len__(self) -> int:
         return self.gate_up_proj.shape[0]
 

@@ -61,6 +61,11 @@ from .experts import MLP, StackedExperts, swiglu
 from .linear import Linear
 
 DISPATCHES = ("loop", "sorted", "grouped")
+# weights (elements) of a decoding token's k experts up to which "sorted" copies them together for one
+# batched product (1 MB in float32: the copy stays in the cache). Small experts: fewer, larger operations
+# win. Larger ones: the copy costs more than it saves (the released width, 31M elements in bfloat16:
+# 4x slower than one product per expert on a CPU)
+GATHER_LIMIT = 2**18
 
 
 # ------------------------------------------------------------------------------------------- router
@@ -121,9 +126,10 @@ def experts_sorted(
     """Routed experts after one sort by expert: x (N, H), top_i / top_w (N, k) -> (N, H)."""
     N, k = top_i.shape
     if N == 1:  # decoding one token: its k experts are distinct, nothing to sort
-        if isinstance(experts, StackedExperts):
+        if isinstance(experts, StackedExperts) and k * experts.expert_size <= GATHER_LIMIT:
             return _one_token_stacked(x, experts, top_i[0], top_w[0])
-        y = (torch.cat([swiglu(x, experts[e]) for e in top_i[0].tolist()])
+        run = _expert_runner(experts)
+        y = (torch.cat([run(e, x) for e in top_i[0].tolist()])
              * top_w[0, :, None])  # (k, H)
         return y.sum(dim=0, keepdim=True, dtype=torch.float32).to(x.dtype)  # (1, H)
     order, hit, counts = _sort_by_expert(top_i)
@@ -152,8 +158,8 @@ def _one_token_stacked(x: torch.Tensor, experts: StackedExperts, ids: torch.Tens
                        w: torch.Tensor) -> torch.Tensor:
     """One token through its k experts of a stack: x (1, H), ids / w (k,) -> (1, H).
 
-    Gathers the k experts' weights (a copy of k experts, small next to reading them for the product)
-    and runs them as one batched product: 2 products instead of 3 per expert.
+    Gathers the k experts' weights (a copy, worth it for small experts: ``GATHER_LIMIT``) and runs
+    them as one batched product: 2 products in all instead of 3 per expert.
     """
     gate_up = experts.gate_up_proj.index_select(0, ids)  # (k, 2I, H)
     g, u = torch.matmul(x, gate_up.transpose(1, 2)).chunk(2, dim=-1)  # (k, 1, I) each
