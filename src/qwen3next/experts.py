@@ -6,7 +6,7 @@
 * :class:`StackedExperts`: the E routed experts of a block as two parameters, ``gate_up_proj``
   (E, 2I, H), expert e's gate rows then its up rows, and ``down_proj`` (E, H, I): the layout of the
   reference's ``Qwen3NextExperts``. One batched product can then gather the k experts of a decoding
-  token, instead of running 3 products per expert one after the other.
+  token (small experts), instead of running 3 products per expert one after the other.
 
 A stack still behaves like the list of experts of the Hub checkpoint: ``len(experts)``, and
 ``experts[e]`` is expert e (an :class:`ExpertWeights`, callable, whose ``gate_proj.weight``,

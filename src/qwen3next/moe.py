@@ -29,8 +29,9 @@ Two dispatch paths compute the same thing (the block's ``dispatch`` attribute pi
   (``index_add_``, in float32, expert by expert like the reference's loop). With many tokens nearly
   every expert is hit by a few rows, every path reads all the weights once, and the time is the
   streaming of the weights through the matmul kernel. On a stack, gate and up are one product per
-  expert, and a single decoding token gathers its k experts' weights and runs them as one batched
-  product: at small widths the time of a step is the count of small operations, not the arithmetic.
+  expert, and a single decoding token whose k experts are small (``GATHER_LIMIT``) gathers their
+  weights and runs them as one batched product: at small widths the time of a step is the count of
+  small operations, not the arithmetic.
 
 All products but the one-token batched one go through ``F.linear``. For a single row in bfloat16,
 PyTorch's own kernel can stream a weight matrix faster than oneDNN's on some CPUs, but only a
