@@ -5,8 +5,8 @@
 512 experts of width 512, hidden 2048, top 10, one shared expert: 1.61B parameters, 3.2 GB in
 bfloat16 (the released dtype, the default here) or 6.4 GB in float32. The pair comes from
 ``qwen3next.reference.real_width_moe_pair(own_memory=True)``: the reference block's fused expert tensors
-are allocated once and filled, and our per-expert weights are views into them, so both sides read the
-very same memory.
+are allocated once and filled, and our block's stacked experts are the very same tensors, so both sides
+read the very same memory.
 
 Timed with ``benchmarks/timing.py`` (threads from ``OMP_NUM_THREADS``), inference mode, median of
 interleaved repetitions of CPU time. Contention for memory bandwidth on a shared machine still shows

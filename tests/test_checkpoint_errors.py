@@ -347,10 +347,14 @@ def test_whatever_safetensors_refuses_we_refuse_first(tmp_path, header_and_data)
 
 
 # ----------------------------------------------------------------------------------- NaN and Inf
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
-def test_non_finite_weight_is_named(state, tmp_path, value):
+@pytest.mark.parametrize(("value", "name"), [
+    (float("nan"), "model.layers.2.linear_attn.out_proj.weight"),
+    (float("inf"), "model.layers.2.linear_attn.out_proj.weight"),
+    (float("-inf"), "model.layers.2.linear_attn.out_proj.weight"),
+    (float("nan"), "model.layers.1.mlp.experts.2.down_proj.weight"),  # copied into the stack of experts
+])
+def test_non_finite_weight_is_named(state, tmp_path, value, name):
     bad = dict(state)
-    name = "model.layers.2.linear_attn.out_proj.weight"
     bad[name] = state[name].clone()
     bad[name][3, 5] = value
     d = _write_checkpoint(tmp_path / "nan", bad)

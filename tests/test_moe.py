@@ -2,7 +2,7 @@
 load-balancing loss, routing statistics, and the MoE exercise checks.
 
 Reference: ``Qwen3NextSparseMoeBlock`` / ``load_balancing_loss_func`` of transformers, with the very same
-weights (our expert weights are views into the reference's fused tensors, see ``tie_moe_weights``).
+weights (our stacked experts are the reference's fused tensors, see ``tie_moe_weights``).
 
 How routing near-ties are handled. Two correct implementations may pick a different k-th expert when
 the k-th and (k+1)-th router probabilities are (nearly) equal, since any rounding difference can swap
@@ -27,7 +27,9 @@ from transformers.models.qwen3_next.modeling_qwen3_next import (
     load_balancing_loss_func,
 )
 
+from qwen3next import moe
 from qwen3next.config import Qwen3NextConfig
+from qwen3next.experts import StackedExperts
 from qwen3next.moe import (
     MLP,
     SparseMoeBlock,
@@ -151,6 +153,81 @@ def test_tie_shares_memory():
     assert ours.gate.weight is ref.gate.weight
     with pytest.raises(ValueError, match="source"):
         tie_moe_weights(ours, ref, source="neither")
+
+
+def test_stacked_experts_index_like_a_list():
+    torch.manual_seed(2)
+    experts = StackedExperts(6, 8, 4)
+    assert len(experts) == 6 and len(list(experts)) == 6
+    e3 = experts[3]
+    assert e3.gate_proj.weight.data_ptr() == experts.gate_up_proj[3].data_ptr()  # views, gate rows first
+    assert e3.up_proj.weight.data_ptr() == experts.gate_up_proj[3, 4:].data_ptr()
+    assert e3.down_proj.weight.data_ptr() == experts.down_proj[3].data_ptr()
+    assert sum(w.numel() for w in e3.parameters()) == 3 * 8 * 4
+    x = torch.randn(5, 8)
+    assert torch.equal(e3(x), swiglu(x, e3))
+    part = experts[2:4]  # a stack of its own (expert parallelism)
+    assert isinstance(part, StackedExperts) and len(part) == 2
+    assert torch.equal(part[1].down_proj.weight, e3.down_proj.weight)
+    assert part.down_proj.data_ptr() != experts.down_proj[2].data_ptr()
+    with pytest.raises(IndexError, match="expert 6 out of range 0..5"):
+        experts[6]
+
+
+def test_stacked_experts_state_dict_round_trip_and_errors():
+    torch.manual_seed(3)
+    cfg = tiny_cfg(num_experts=4)
+    block = SparseMoeBlock(cfg)
+    sd = block.state_dict()
+    # the Hub keys, as views of the stack (no copy)
+    assert sd["experts.2.up_proj.weight"].data_ptr() == block.experts[2].up_proj.weight.data_ptr()
+    assert [k for k in sd if k.startswith("experts.")][:3] == [
+        "experts.0.gate_proj.weight", "experts.0.up_proj.weight", "experts.0.down_proj.weight"]
+    torch.manual_seed(4)
+    other = SparseMoeBlock(cfg)
+    other.load_state_dict(sd)  # copies into the existing stack
+    assert torch.equal(other.experts.gate_up_proj, block.experts.gate_up_proj)
+    with torch.device("meta"):
+        empty = SparseMoeBlock(cfg)
+    empty.load_state_dict(sd, assign=True)  # a block on meta gets stacks built from the tensors
+    assert torch.equal(empty.experts.down_proj, block.experts.down_proj)
+    assert empty.experts.gate_up_proj.requires_grad
+    bad = dict(sd)
+    del bad["experts.3.down_proj.weight"]
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*experts\.3\.down_proj\.weight"):
+        other.load_state_dict(bad)
+    bad = dict(sd, **{"experts.9.gate_proj.weight": sd["experts.0.gate_proj.weight"]})
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*experts\.9\.gate_proj\.weight"):
+        other.load_state_dict(bad)
+    bad = dict(sd, **{"experts.1.up_proj.weight": torch.zeros(3, 3)})
+    with pytest.raises(RuntimeError, match=r"size mismatch for experts\.1\.up_proj\.weight.*\(3, 3\)"):
+        other.load_state_dict(bad)
+
+
+@pytest.mark.parametrize("gather", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_token_on_the_stack_matches_the_loop(dtype, gather, monkeypatch):
+    """Decoding (N = 1) on the stack, its k experts gathered for one product (small experts) or one
+    after the other (``GATHER_LIMIT`` 0, as for the released width): output and gradients of the loop."""
+    if not gather:
+        monkeypatch.setattr(moe, "GATHER_LIMIT", 0)
+    torch.manual_seed(16)
+    cfg = tiny_cfg(num_experts=16, num_experts_per_tok=4)
+    block = SparseMoeBlock(cfg).to(dtype)
+    out, grads = {}, {}
+    x = torch.randn(1, 1, cfg.hidden_size).to(dtype)
+    for dispatch in ("loop", "sorted"):
+        block.zero_grad(set_to_none=True)
+        y, _ = block(x, dispatch=dispatch)
+        y.float().pow(2).sum().backward()
+        out[dispatch] = y.float()
+        grads[dispatch] = {n: p.grad.float() for n, p in block.named_parameters() if p.grad is not None}
+    tol = 1e-6 if dtype == torch.float32 else 2 * 2**-8 * out["loop"].abs().max().item()
+    assert (out["sorted"] - out["loop"]).abs().max() <= tol
+    assert grads["sorted"].keys() == grads["loop"].keys() >= {"experts.gate_up_proj", "experts.down_proj"}
+    rel = 1e-5 if dtype == torch.float32 else 4 * 2**-8  # bfloat16: a few roundings of the products
+    for name, g in grads["loop"].items():
+        assert (grads["sorted"][name] - g).abs().max() <= rel * g.abs().max(), name
 
 
 # ---------------------------------------------------------------------------------------- router
@@ -371,9 +448,9 @@ def test_gradients_reach_router_and_experts_and_match_reference():
         hit = set(route(logits, 3)[1].flatten().tolist())
         assert block.gate.weight.grad.abs().sum() > 0
         assert block.shared_expert_gate.weight.grad.abs().sum() > 0
-        for e in range(cfg.num_experts):
-            g = block.experts[e].down_proj.weight.grad
-            assert (g is not None and g.abs().sum() > 0) == (e in hit), (dispatch, e)
+        for e in range(cfg.num_experts):  # the stack's gradient: rows of the hit experts only
+            g = block.experts.down_proj.grad[e]
+            assert bool(g.abs().sum() > 0) == (e in hit), (dispatch, e)
         grads[dispatch] = {k: p.grad for k, p in block.named_parameters() if p.grad is not None}
     for dispatch in ("sorted", "grouped"):
         assert grads[dispatch].keys() == grads["loop"].keys()
@@ -387,11 +464,9 @@ def test_gradients_reach_router_and_experts_and_match_reference():
     ref_logits = ref.gate(x)[0]
     loss = (y_ref ** 2).mean() + 0.01 * load_balancing_loss_func((ref_logits,), cfg.num_experts, 3)
     loss.backward()
-    I = cfg.moe_intermediate_size
     assert torch.allclose(ref.gate.weight.grad, grads["loop"]["gate.weight"], atol=1e-6)
-    for e in range(cfg.num_experts):
-        g_ours = grads["loop"].get(f"experts.{e}.gate_proj.weight", torch.zeros(I, cfg.hidden_size))
-        assert torch.allclose(ref.experts.gate_up_proj.grad[e, :I], g_ours, atol=1e-6)
+    for name in ("gate_up_proj", "down_proj"):  # the same layout on both sides
+        assert torch.allclose(getattr(ref.experts, name).grad, grads["loop"][f"experts.{name}"], atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- load-balancing loss

@@ -32,6 +32,7 @@ from .checkpoint import open_checkpoint
 from .config import Qwen3NextConfig
 from .decoder_layer import DecoderLayer
 from .deltanet import GatedDeltaNet
+from .experts import StackedExperts
 from .linear import Linear
 from .loss import linear_cross_entropy, next_token_targets
 from .moe import load_balancing_loss
@@ -183,6 +184,8 @@ class Qwen3NextForCausalLM(nn.Module):
             module.weight.normal_(0.0, self.config.initializer_range)
             if getattr(module, "bias", None) is not None:
                 module.bias.zero_()
+        elif isinstance(module, StackedExperts):
+            module.normal_(self.config.initializer_range)
         elif isinstance(module, (RMSNorm, RMSNormGated, GatedDeltaNet)):
             module.reset_parameters()
         elif isinstance(module, RotaryEmbedding):

@@ -14,9 +14,11 @@ For each token ``x`` (hidden size H):
 * routed experts: ``y = sum_{e in topk} p_e * down_e(silu(gate_e(x)) * up_e(x))`` (SwiGLU, width I).
 * shared expert: every token also goes through one more SwiGLU MLP, scaled by ``sigmoid(w_s . x)``.
 
-The experts are an ``nn.ModuleList`` of ``MLP``, one per expert, so the ``state_dict`` keys are the Hub
-checkpoint's (``mlp.experts.{e}.gate_proj.weight`` ...). The reference keeps them fused in two 3-D
-tensors instead; :func:`qwen3next.reference.tie_moe_weights` converts between the two.
+The routed experts are a :class:`~qwen3next.experts.StackedExperts`: two 3-D parameters, gate and up
+rows together ``(E, 2I, H)`` and down ``(E, H, I)``, the reference's layout, so
+:func:`qwen3next.reference.tie_moe_weights` shares them with the reference as they are. ``experts[e]``
+is still expert e (views into the stack) and the ``state_dict`` keys are still the Hub checkpoint's
+(``mlp.experts.{e}.gate_proj.weight`` ...).
 
 Two dispatch paths compute the same thing (the block's ``dispatch`` attribute picks one):
 
@@ -26,18 +28,23 @@ Two dispatch paths compute the same thing (the block's ``dispatch`` attribute pi
   contiguous slice of the sorted rows, and add its weighted output straight into its tokens' rows
   (``index_add_``, in float32, expert by expert like the reference's loop). With many tokens nearly
   every expert is hit by a few rows, every path reads all the weights once, and the time is the
-  streaming of the weights through the matmul kernel.
+  streaming of the weights through the matmul kernel. On a stack, gate and up are one product per
+  expert, and a single decoding token whose k experts are small (``GATHER_LIMIT``) gathers their
+  weights and runs them as one batched product: at small widths the time of a step is the count of
+  small operations, not the arithmetic.
 
-All products go through ``F.linear``. For a single row in bfloat16, PyTorch's own kernel can stream a
-weight matrix faster than oneDNN's on some CPUs, but only a process-wide switch selects it
-(``torch.backends.mkldnn.flags(enabled=False)``), so the block leaves that choice to its caller.
+All products but the one-token batched one go through ``F.linear``. For a single row in bfloat16,
+PyTorch's own kernel can stream a weight matrix faster than oneDNN's on some CPUs, but only a
+process-wide switch selects it (``torch.backends.mkldnn.flags(enabled=False)``), so the block leaves
+that choice to its caller.
 
 ``experts_grouped`` is a third strategy kept for the chapter's comparison: it stacks the hit experts'
 weights into 3-D tensors and runs one batched matmul over padded token groups. Stacking copies the
 weights on every call, which costs more than it saves on a CPU.
 
-Every path touches only experts that received at least one token, and only through ``experts[e]``,
-so the expert list can be replaced by an object that loads weights from disk when indexed.
+Every path touches only experts that received at least one token. Given anything else than a stack
+(an object that loads experts from disk when indexed, a rank's share of them), every path reaches the
+experts only through ``experts[e]``.
 
 Leaves out: expert parallelism, capacity limits / token dropping (Qwen3-Next has none), router
 jitter noise, and the fused grouped-GEMM kernels of the reference (``experts_implementation``).
@@ -51,36 +58,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .experts import MLP, StackedExperts, swiglu
 from .linear import Linear
 
 DISPATCHES = ("loop", "sorted", "grouped")
-
-
-# ------------------------------------------------------------------------------------------ experts
-class MLP(nn.Module):
-    """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``; an expert, the shared expert or a dense MLP."""
-
-    def __init__(self, hidden_size: int, intermediate_size: int):
-        super().__init__()
-        # W_g (I, H)
-        self.gate_proj = Linear(hidden_size, intermediate_size, bias=False)
-        # W_u (I, H)
-        self.up_proj = Linear(hidden_size, intermediate_size, bias=False)
-        # W_d (H, I)
-        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., H) -> (..., H)
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-def swiglu(x: torch.Tensor, expert: nn.Module) -> torch.Tensor:
-    """``expert(x)`` written with ``F.linear`` on its three weights: (n, H) -> (n, H).
-
-    Same numbers as ``MLP.forward``; works for any object with ``gate_proj``, ``up_proj`` and
-    ``down_proj`` that have a ``weight`` (an offloaded expert need not be an ``nn.Module``).
-    """
-    h = F.silu(F.linear(x, expert.gate_proj.weight)) * F.linear(x, expert.up_proj.weight)  # (n, I)
-    return F.linear(h, expert.down_proj.weight)  # (n, H)
+# weights (elements) of a decoding token's k experts up to which "sorted" copies them together for one
+# batched product (1 MB in float32: the copy stays in the cache). Small experts: fewer, larger operations
+# win. Larger ones: the copy costs more than it saves (the released width, 31M elements in bfloat16:
+# 4x slower than one product per expert on a CPU)
+GATHER_LIMIT = 2**18
 
 
 # ------------------------------------------------------------------------------------------- router
@@ -141,7 +127,10 @@ def experts_sorted(
     """Routed experts after one sort by expert: x (N, H), top_i / top_w (N, k) -> (N, H)."""
     N, k = top_i.shape
     if N == 1:  # decoding one token: its k experts are distinct, nothing to sort
-        y = (torch.cat([swiglu(x, experts[e]) for e in top_i[0].tolist()])
+        if isinstance(experts, StackedExperts) and k * experts.expert_size <= GATHER_LIMIT:
+            return _one_token_stacked(x, experts, top_i[0], top_w[0])
+        run = _expert_runner(experts)
+        y = (torch.cat([run(e, x) for e in top_i[0].tolist()])
              * top_w[0, :, None])  # (k, H)
         return y.sum(dim=0, keepdim=True, dtype=torch.float32).to(x.dtype)  # (1, H)
     order, hit, counts = _sort_by_expert(top_i)
@@ -153,16 +142,48 @@ def experts_sorted(
     x_sorted = x.index_select(0, token)
     # (N, H) summed in float32
     y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    run = _expert_runner(experts)
     # split, not slices: autograd then joins the groups' gradients once, instead of
     # one zero-filled (N*k, H) tensor per expert
     groups = zip(hit, x_sorted.split(counts), token.split(counts),
                  weight.split(counts), strict=True)
     for e, x_e, token_e, weight_e in groups:
-        out = swiglu(x_e, experts[e])  # (n_e, H)
+        out = run(e, x_e)  # (n_e, H)
         # scatter-add straight into the tokens' rows: no concatenation, no inverse
         # permutation
         y.index_add_(0, token_e, (out * weight_e[:, None]).float())
     return y.to(x.dtype)
+
+
+def _one_token_stacked(x: torch.Tensor, experts: StackedExperts, ids: torch.Tensor,
+                       w: torch.Tensor) -> torch.Tensor:
+    """One token through its k experts of a stack: x (1, H), ids / w (k,) -> (1, H).
+
+    Gathers the k experts' weights (a copy, worth it for small experts: ``GATHER_LIMIT``) and runs
+    them as one batched product: 2 products in all instead of 3 per expert.
+    """
+    gate_up = experts.gate_up_proj.index_select(0, ids)  # (k, 2I, H)
+    g, u = torch.matmul(x, gate_up.transpose(1, 2)).chunk(2, dim=-1)  # (k, 1, I) each
+    down = experts.down_proj.index_select(0, ids)  # (k, H, I)
+    y = torch.matmul(F.silu(g) * u, down.transpose(1, 2))[:, 0]  # (k, H)
+    return (y * w[:, None]).sum(dim=0, keepdim=True, dtype=torch.float32).to(x.dtype)  # (1, H)
+
+
+def _expert_runner(experts: Sequence):
+    """``run(e, x_e)``: expert e on its rows (n_e, H) -> (n_e, H), the stack's own way if it is one."""
+    if not isinstance(experts, StackedExperts):  # an offloaded or sharded list: expert by expert
+        return lambda e, x_e: swiglu(x_e, experts[e])
+    gate_up, down = experts.gate_up_proj, experts.down_proj
+    if torch.is_grad_enabled():
+        # unbind: autograd joins the experts' gradients once; indexing the stack instead would
+        # make one zero-filled gradient of the whole stack per expert
+        gate_up, down = gate_up.unbind(0), down.unbind(0)
+
+    def run(e: int, x_e: torch.Tensor) -> torch.Tensor:
+        g, u = F.linear(x_e, gate_up[e]).chunk(2, dim=-1)  # gate and up: one product
+        return F.linear(F.silu(g) * u, down[e])
+
+    return run
 
 
 def experts_grouped(
@@ -216,7 +237,7 @@ class SparseMoeBlock(nn.Module):
         self.norm_topk_prob = config.norm_topk_prob
         self.dispatch = dispatch
         self.gate = Linear(H, E, bias=False)  # W_r (E, H): the router
-        self.experts = nn.ModuleList(MLP(H, config.moe_intermediate_size) for _ in range(E))
+        self.experts = StackedExperts(E, H, config.moe_intermediate_size)
         self.shared_expert = MLP(H, config.shared_expert_intermediate_size)
         self.shared_expert_gate = Linear(H, 1, bias=False)  # w_s (1, H)
 

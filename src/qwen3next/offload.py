@@ -4,7 +4,7 @@ What it implements
     * :class:`ExpertStore`: an expert's three matrices (and FP8 scales) read with ``os.preadv`` straight
       from the byte offsets of the safetensors headers, dequantised and converted to the loading dtype,
       and kept in one bounded LRU cache shared by all layers; it counts hits, misses and bytes read.
-    * :class:`OffloadedExperts`: stands in for a MoE block's ``experts`` ModuleList, so
+    * :class:`OffloadedExperts`: stands in for a MoE block's stacked ``experts``, so
       ``moe.SparseMoeBlock`` runs unchanged; it holds no parameters.
     * :func:`enable_prefetch`: background reading. Before a MoE block runs, its router is applied to its
       input and all the experts it will ask for are read at once by a few threads (the reads overlap
@@ -167,7 +167,7 @@ class ExpertStore:
 
 
 class OffloadedExperts(nn.Module):
-    """Stands in for a MoE block's ``experts`` ModuleList: ``len()`` and ``[e]`` read through the store.
+    """Stands in for a MoE block's stacked ``experts``: ``len()`` and ``[e]`` read through the store.
 
     It holds no parameters, so ``state_dict()`` leaves the routed experts out (they stay on disk).
     """

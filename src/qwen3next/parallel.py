@@ -138,7 +138,7 @@ class ExpertParallelMoE(nn.Module):
         self.num_experts, self.top_k, self.norm_topk_prob = full.num_experts, full.top_k, full.norm_topk_prob
         self.per_rank = full.num_experts // world
         self.gate = full.gate  # the router is small: every rank keeps all of it
-        self.experts = nn.ModuleList(full.experts[rank * self.per_rank:(rank + 1) * self.per_rank])
+        self.experts = full.experts[rank * self.per_rank:(rank + 1) * self.per_rank]  # a stack of its own
         inter = full.shared_expert.gate_proj.weight.shape[0]
         i0, i1 = rank * inter // world, (rank + 1) * inter // world
         self.shared_expert = _mlp_slice(full.shared_expert, i0, i1)

@@ -130,7 +130,7 @@ def real_width_moe_pair(dtype: torch.dtype, seed: int = 0, cfg: Qwen3NextConfig 
                         own_memory: bool = False):
     """Our sparse MoE block and the reference's at the released width, sharing one copy of weights.
 
-    Returns ``(cfg, ours, ref)``; our experts are views of the reference's fused tensors
+    Returns ``(cfg, ours, ref)``; our stacked experts are the reference's fused tensors
     (:func:`tie_moe_weights`). Drawing 1.6 billion random numbers would take longer than the checks
     that use them, so the weights are windows of one random pool of a few million numbers:
 
@@ -191,40 +191,25 @@ def _fill_overlapping(ref: nn.Module, cfg: Qwen3NextConfig, dtype: torch.dtype, 
 def tie_moe_weights(ours, ref, source: str = "ours") -> None:
     """Make our ``moe.SparseMoeBlock`` and a reference ``Qwen3NextSparseMoeBlock`` share one copy of weights.
 
-    The reference fuses its experts: ``experts.gate_up_proj`` (E, 2I, H) holds expert e's gate rows
-    then its up rows (it splits them with ``.chunk(2)``), ``experts.down_proj`` is (E, H, I). Ours keeps
-    one ``MLP`` per expert (the Hub keys). After this call our expert weights are views into the
-    reference's fused tensors, and the router and shared-expert parameters are the same objects, so a
-    real-width pair costs one block of memory. ``source="ours"`` copies our values into the reference
-    (expert by expert, so the peak is one block plus one expert; the reference may be on ``meta``);
-    ``source="reference"`` keeps the reference's values (ours may be on ``meta``).
+    Both keep the experts fused the same way: ``experts.gate_up_proj`` (E, 2I, H) holds expert e's gate
+    rows then its up rows, ``experts.down_proj`` is (E, H, I) (ours: :class:`~qwen3next.experts.StackedExperts`).
+    After this call every parameter of the two blocks is the same ``Parameter`` object, so a real-width
+    pair costs one block of memory and our ``experts[e]`` weights are views into the reference's tensors.
+    ``source="ours"`` keeps our values (the reference may be on ``meta``); ``source="reference"`` keeps
+    the reference's (ours may be on ``meta``).
     """
     if source not in ("ours", "reference"):
         raise ValueError(f"source: expected 'ours' or 'reference', found {source!r}")
-    E, (I, H) = len(ours.experts), ours.experts[0].gate_proj.weight.shape
-    found = tuple(ref.experts.gate_up_proj.shape)
-    if found != (E, 2 * I, H):
-        raise ValueError(f"ref.experts.gate_up_proj: expected shape {(E, 2 * I, H)}, found {found}")
+    for name in ("gate_up_proj", "down_proj"):
+        want, found = tuple(getattr(ours.experts, name).shape), tuple(getattr(ref.experts, name).shape)
+        if found != want:
+            raise ValueError(f"ref.experts.{name}: expected shape {want}, found {found}")
     src, dst = (ours, ref) if source == "ours" else (ref, ours)
     for name in _SHARED_MOE_WEIGHTS:
         src_mod, dst_mod = src.get_submodule(name), dst.get_submodule(name)
         dst_mod.weight = src_mod.weight  # the very same Parameter in both blocks
-    if source == "ours":
-        w = ours.gate.weight
-        ref.experts.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, H, dtype=w.dtype, device=w.device))
-        ref.experts.down_proj = nn.Parameter(torch.empty(E, H, I, dtype=w.dtype, device=w.device))
-    gate_up, down = ref.experts.gate_up_proj.data, ref.experts.down_proj.data
-    with torch.no_grad():
-        for e in range(E):
-            expert = ours.experts[e]
-            if source == "ours":
-                gate_up[e, :I].copy_(expert.gate_proj.weight)
-                gate_up[e, I:].copy_(expert.up_proj.weight)
-                down[e].copy_(expert.down_proj.weight)
-            # rebinding frees our old copy of expert e before the next one is copied
-            expert.gate_proj.weight = nn.Parameter(gate_up[e, :I])
-            expert.up_proj.weight = nn.Parameter(gate_up[e, I:])
-            expert.down_proj.weight = nn.Parameter(down[e])
+    for name in ("gate_up_proj", "down_proj"):
+        setattr(dst.experts, name, getattr(src.experts, name))
 
 
 def moe_state_dict_to_reference(state_dict: dict) -> dict:

@@ -11,7 +11,8 @@ What it implements
 
 Mirrors ``transformers``' ``PreTrainedModel.from_pretrained`` for this model (``modeling_utils.py`` and
 ``integrations/finegrained_fp8.py``), which converts the per-expert Hub keys into its fused in-memory
-layout; this package keeps the Hub layout, so loading is a key-by-key copy. Inspecting a checkpoint
+layout; this package keeps the Hub's keys, so loading is a key-by-key copy (a routed expert's weights
+straight into its rows of the block's stacked experts, :mod:`qwen3next.experts`). Inspecting a checkpoint
 without loading it is :mod:`qwen3next.inspection`; measuring what loading costs is :mod:`qwen3next.measure`.
 
 Leaves out: ``pytorch_model.bin`` (refused), other quantisation formats (GPTQ, AWQ, bitsandbytes),
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CONFIG_FILE, Checkpoint, check_checkpoint, open_checkpoint
+from .experts import StackedExperts
 from .fp8 import dequantize_fp8
 from .hub_layout import SCALE_SUFFIX
 from .moe import SparseMoeBlock
@@ -57,24 +59,23 @@ _CHECK_CHUNK = 1 << 20  # elements copied and checked at a time: the piece is st
 
 
 def _materialise(info: TensorInfo, raw: torch.Tensor, block: tuple[int, int], dtype: torch.dtype,
-                 scale: torch.Tensor | None, device: torch.device, check_finite: bool) -> torch.Tensor:
-    """The model's copy of one checkpoint tensor, in ``dtype`` on ``device``, checked finite on the way.
+                 scale: torch.Tensor | None, device: torch.device, check_finite: bool,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's copy of one checkpoint tensor, in ``dtype`` on ``device``, checked finite on the way;
+    written into ``out`` (the model's own storage, e.g. one expert's rows of a stack) if given.
 
     ``safe_open(...).get_tensor`` returns a view of the memory-mapped file, not a copy: its pages are
     read only when touched, and the weight would change (or the process crash) if the file were
     rewritten. Copying gives the model memory of its own, so "load everything" means resident.
     """
-    if info.dtype in FP8_CODES:
-        out = dequantize_fp8(raw, scale, block, dtype).to(device)
-        if check_finite and not _sum_is_finite(out):
-            _raise_non_finite(info, out, None, dtype)
-        return out
-    if device.type != "cpu":  # one transfer, then one check on the device
-        out = raw.to(device=device, dtype=dtype, copy=True)
-        if check_finite and not _sum_is_finite(out):
-            _raise_non_finite(info, out, raw, dtype)
-        return out
-    out = torch.empty(raw.shape, dtype=dtype)
+    if info.dtype in FP8_CODES or device.type != "cpu":  # dequantised, or one transfer; then one check
+        fp8 = info.dtype in FP8_CODES
+        value = (dequantize_fp8(raw, scale, block, dtype).to(device) if fp8
+                 else raw.to(device=device, dtype=dtype, copy=True))
+        if check_finite and not _sum_is_finite(value):
+            _raise_non_finite(info, value, None if fp8 else raw, dtype)
+        return value if out is None else out.copy_(value)
+    out = torch.empty(raw.shape, dtype=dtype) if out is None else out
     flat_out, flat_raw = out.view(-1), raw.reshape(-1)
     for a in range(0, flat_out.numel(), _CHECK_CHUNK):
         piece = flat_out[a:a + _CHECK_CHUNK]
@@ -102,6 +103,16 @@ def _raise_non_finite(info: TensorInfo, out: torch.Tensor, raw: torch.Tensor | N
     raise CheckpointError(f"{info.name!r} in {info.file.name}: {int(bad.sum())} non-finite value"
                           f"{'s' * (int(bad.sum()) > 1)} ({why}), the first at index {first}; "
                           f"load with check_finite=False to keep them")
+
+
+def _stack_slot(model: nn.Module, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """The view of a stack of experts (:class:`StackedExperts`) that the expert weight ``name`` fills,
+    or None if ``name`` is not one (the stack gets its storage when its first weight comes)."""
+    owner, sep, key = name.partition(".experts.")
+    if not sep:
+        return None
+    experts = model.get_submodule(owner + ".experts")
+    return experts.slot(key, dtype, device) if isinstance(experts, StackedExperts) else None
 
 
 def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -183,9 +194,11 @@ def load_weights(model: nn.Module, ckpt: Checkpoint, dtype: torch.dtype | str | 
                 for name in names:
                     info = ckpt.tensors[name]
                     scale = read_tensor(plan.scales[name]) if name in plan.scales else None
+                    slot = _stack_slot(model, name, target, device)
                     value = _materialise(info, sf.get_tensor(name), ckpt.fp8_block, target, scale, device,
-                                         check_finite)
-                    _set_tensor(model, name, value)
+                                         check_finite, out=slot)
+                    if slot is None:
+                        _set_tensor(model, name, value)
         except SafetensorError as err:  # the headers were checked: the file changed since it was opened
             raise CheckpointError(f"{file.name}: {err}") from err
     _restore_buffers(model, device)
