@@ -121,11 +121,16 @@ def decode_compiled(ours, ours_prefilled, ref_prefilled, steps: int, repeats: in
 
 def train_step(ours, ref, cfg, batch: int, length: int, repeats: int) -> None:
     """Forward + backward of the training loss (with the load-balancing term), both in train mode."""
-    ids = torch.randint(0, cfg.vocab_size, (batch, length), generator=torch.Generator().manual_seed(2))
     ours.train()
     ref.train()
+    # a new batch at every step, as in training, the same sequence of batches for every side: each expert's
+    # share of the tokens, and so the shapes of its products, changes from batch to batch, and a kernel
+    # library that builds a kernel per shape (oneDNN, in bfloat16) pays for that only with new batches
+    streams = {}
 
     def step(model, kwargs, mixed=False):
+        gen = streams.setdefault((id(model), mixed), torch.Generator().manual_seed(2))
+        ids = torch.randint(0, cfg.vocab_size, (batch, length), generator=gen)
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
             loss = model(ids, labels=ids, output_router_logits=True, **kwargs).loss
@@ -142,6 +147,7 @@ def train_step(ours, ref, cfg, batch: int, length: int, repeats: int) -> None:
     # the vocabulary projection and the cross-entropy, forward and backward: the same products on both sides,
     # ours fused (linear_cross_entropy, what our model runs) and written plainly (what the reference runs)
     h = torch.randn(batch, length, cfg.hidden_size, requires_grad=True)
+    ids = torch.randint(0, cfg.vocab_size, (batch, length), generator=torch.Generator().manual_seed(2))
     targets = torch.nn.functional.pad(ids[:, 1:], (0, 1), value=-100).flatten()
 
     def head_and_loss(fused: bool):

@@ -127,7 +127,8 @@ def experts_sorted(
     """Routed experts after one sort by expert: x (N, H), top_i / top_w (N, k) -> (N, H)."""
     N, k = top_i.shape
     if N == 1:  # decoding one token: its k experts are distinct, nothing to sort
-        if isinstance(experts, StackedExperts) and k * experts.expert_size <= GATHER_LIMIT:
+        stacked = isinstance(experts, StackedExperts)
+        if stacked and k * experts.expert_size <= GATHER_LIMIT:  # small experts
             return _one_token_stacked(x, experts, top_i[0], top_w[0])
         run = _expert_runner(experts)
         y = (torch.cat([run(e, x) for e in top_i[0].tolist()])
@@ -261,11 +262,22 @@ class SparseMoeBlock(nn.Module):
         if x.shape[0] == 0:  # no tokens, nothing to route
             routed = torch.zeros_like(x)
         else:
-            # (N, H)
-            routed = _DISPATCH[dispatch or self.dispatch](x, self.experts, top_i, top_w)
+            routed = self._routed(x, top_i, top_w, dispatch or self.dispatch)  # (N, H)
         # (N, 1) * (N, H)
         shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return (routed + shared).view(B, T, H), router_logits
+
+    def _routed(self, x: torch.Tensor, top_i: torch.Tensor, top_w: torch.Tensor, dispatch: str) -> torch.Tensor:
+        """The routed experts' sum for the tokens x (N, H), in float32 inside ``torch.autocast``.
+
+        Each expert's share of the tokens changes from batch to batch, and oneDNN builds a new
+        bfloat16 kernel for every new matrix shape: at the experts' sizes that costs more than
+        bfloat16 saves, so mixed-precision training keeps them in float32."""
+        run, device = _DISPATCH[dispatch], x.device.type
+        if not torch.is_autocast_enabled(device):
+            return run(x, self.experts, top_i, top_w)
+        with torch.autocast(device, enabled=False):
+            return run(x.float(), self.experts, top_i, top_w.float()).to(x.dtype)
 
     def _check_forward_inputs(self, hidden_states: torch.Tensor, dispatch: str | None) -> None:
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.hidden_size:
