@@ -175,7 +175,7 @@ def recurrent_gated_delta_step(
     if h.dtype != torch.float32 or not h.is_contiguous():  # updated in place through a view
         raise ValueError(f"h: expected a contiguous float32 state, found {h.dtype}, contiguous={h.is_contiguous()}")
     qk = l2_normalize(torch.stack([q, k]).float())  # (2, B, Hk, Dk)
-    qk[0] *= Dk**-0.5
+    qk[0].mul_(Dk**-0.5)  # in place (``qk[0] *= ...`` would copy the result back in once more)
     qk = qk.repeat_interleave(Hv // Hk, dim=2).view(2, B * Hv, 1, Dk)  # value head i * r + j reads key head i
     q, k = qk[0], qk[1]  # (B Hv, 1, Dk)
     S = h.view(B * Hv, Dk, Dv)

@@ -312,7 +312,7 @@ class Qwen3NextForCausalLM(nn.Module):
         if input_ids.shape[1] == 0:
             raise ValueError("input_ids: no tokens (T = 0); give at least one")
         if input_ids.device.type != "meta" and input_ids.numel():
-            lo, hi = int(input_ids.min()), int(input_ids.max())
+            lo, hi = (int(t) for t in torch.aminmax(input_ids))  # one pass, not two
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ValueError(
                     f"input_ids: token ids must be in 0..{self.config.vocab_size - 1} (vocab_size), "
