@@ -25,8 +25,7 @@ Three ways to compute it, all with the reference's arguments and shapes:
 * :func:`attention_form_gated_delta_rule`: one ``(T, T)`` token-mixing matrix, like softmax attention
   without the softmax (quadratic; for teaching and tests). :func:`delta_rule_mixing_matrix` returns it.
 
-All three keep their own precision under ``torch.autocast``: the state and the products stay in float32
-(:func:`_float32_inside_autocast`), and the output comes back in the dtype of ``v``.
+Under ``torch.autocast`` all three stay in float32 (:mod:`qwen3next.precision`).
 
 Leaves out: the fused Triton / CUDA kernels of flash-linear-attention (plain PyTorch only) and
 variable-length packing (``cu_seqlens``).
@@ -34,10 +33,11 @@ variable-length packing (``cu_seqlens``).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
+
+from .precision import float32_inside_autocast
 
 __all__ = [
     "l2_normalize",
@@ -52,23 +52,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def _float32_inside_autocast(kernel):
-    """Run ``kernel`` with ``torch.autocast`` off on its inputs' device.
-
-    Autocast would take the kernel's products in bfloat16, and the state the delta rule carries over
-    thousands of tokens (and the inverse of the UT transform) would pile up the rounding. The kernel
-    casts its inputs to float32 itself; mixed-precision training then pays bfloat16 only in the
-    projections around it.
-    """
-
-    @functools.wraps(kernel)
-    def run(q, *args, **kwargs):
-        with torch.autocast(q.device.type, enabled=False):
-            return kernel(q, *args, **kwargs)
-
-    return run
-
-
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``x / sqrt(sum(x^2) + eps)`` over the last dimension (the reference's ``l2norm``)."""
     return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
@@ -123,7 +106,7 @@ def _initial_state(initial_state, shape, device) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------- recurrent form
-@_float32_inside_autocast
+@float32_inside_autocast
 def recurrent_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -160,7 +143,7 @@ def recurrent_gated_delta_rule(
     return o.to(out_dtype), h if output_final_state else None
 
 
-@_float32_inside_autocast
+@float32_inside_autocast
 def recurrent_gated_delta_step(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, h: torch.Tensor
 ) -> torch.Tensor:
@@ -187,7 +170,7 @@ def recurrent_gated_delta_step(
 
 
 # --------------------------------------------------------------------------------- chunked form
-@_float32_inside_autocast
+@float32_inside_autocast
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -436,7 +419,7 @@ def delta_rule_mixing_matrix(
     return QK @ T_inv * beta.unsqueeze(-2)  # (B, Hv, T, T)
 
 
-@_float32_inside_autocast
+@float32_inside_autocast
 def attention_form_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import autocast_operands
+
 
 def next_token_targets(labels: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """Position t predicts token t + 1: the labels shifted left, the last position -100 (counts for nothing).
@@ -35,21 +37,12 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     Under ``torch.autocast`` the two operands are cast to the autocast dtype first, as autocast casts
     those of a linear layer: the products run in bfloat16, the softmax and the sums stay in float32.
     """
-    hidden, weight = _autocast_operands(hidden, weight)
+    hidden, weight = autocast_operands(hidden, weight)
     needs = torch.is_grad_enabled() and (hidden.requires_grad, weight.requires_grad)
     with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are settled: no casts inside
         loss, logits = _LinearCrossEntropy.apply(hidden.flatten(0, 1), weight, targets, chunk,
                                                  needs or (False, False))
     return loss, logits.view(*hidden.shape[:-1], -1)
-
-
-def _autocast_operands(hidden: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``hidden`` and ``weight`` in the autocast dtype inside an autocast region, else unchanged."""
-    device = hidden.device.type
-    if not torch.is_autocast_enabled(device):
-        return hidden, weight
-    dtype = torch.get_autocast_dtype(device)
-    return hidden.to(dtype), weight.to(dtype)  # differentiable casts: the gradients come back in float32
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
