@@ -12,7 +12,8 @@ the package's own Hub layout (``checkpoint.hub_layout``, ``Qwen3NextConfig.to_js
    reading it (a sum), on one thread and on every core.
 2. Decoding with everything in memory: the time of one step (median of the steps) and of each layer
    type; the bytes one step must read (weights and state); achieved bandwidth and its fraction of the
-   copy bandwidth.
+   copy bandwidth. Then the same in a process with oneDNN switched off (PyTorch's own bf16 kernels):
+   what a faster kernel for one bf16 row reaches on the same weights.
 3. The full 48-layer model in bf16 and FP8 on this machine: tokens per second extrapolated from the
    measured layers, and the limit (bytes per token / bandwidth).
 4. Experts on disk (the checkpoint's pages dropped from the page cache before each run), each run a fresh
@@ -178,17 +179,21 @@ def decode(model, steps: int, on_step=None) -> list[int]:
     return predicted
 
 
-def decode_in_memory(path: str, steps: int) -> dict:
+def decode_in_memory(path: str, steps: int, onednn: bool = True) -> dict:
     """Load the slice (6.6 GB) and decode in a fresh process: memory freed by a process is not always
-    handed back to the system (glibc keeps small blocks), so the offloading runs would see it."""
-    res = _run_worker("memory", path, steps)
+    handed back to the system (glibc keeps small blocks), so the offloading runs would see it.
+    ``onednn=False``: that process switches oneDNN off, so PyTorch's own bf16 kernels do the products."""
+    res = _run_worker("memory", path, steps, "onednn" if onednn else "native")
     layers = {kind: Timing(*t) for kind, t in res["layers"].items()}
     return {"steps": Timing(*res["steps"]), "layers": layers, "bytes": res["bytes"], "tokens": res["tokens"]}
 
 
-def memory_worker(path: str, steps: int) -> dict:
+def memory_worker(path: str, steps: int, kernels: str = "onednn") -> dict:
     from qwen3next.model import Qwen3NextForCausalLM
 
+    # a process-wide switch, this worker process's own choice (the package never flips it): for one bf16 row
+    # PyTorch's own kernel streams a weight faster than oneDNN's on some CPUs
+    torch.backends.mkldnn.enabled = kernels == "onednn"
     model = Qwen3NextForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
     per_step = Timing()
     decode(model, 1)  # warm-up
@@ -232,6 +237,16 @@ def report_in_memory(m: dict, bw: dict, steps: int) -> None:
               f"{m['bytes'][kind] / 1e6:6.1f} MB: {rate(m['bytes'][kind], t)}")
     total = sum(m["bytes"].values())
     print(f"  whole step: {total / 1e6:.1f} MB: {rate(total, m['steps'])}")
+
+
+def report_native_kernels(native: dict, m: dict, bw: dict) -> None:
+    """The same decoding with oneDNN switched off in the worker: what a faster bf16 kernel reaches."""
+    total = sum(native["bytes"].values())
+    cpu = total / native["steps"].median("cpu") / GB
+    print(f"  the same with oneDNN off in the process (PyTorch's own bf16 kernels; a process-wide switch, so "
+          f"not the package's default): {native['steps']} per step, {cpu:.2f} GB/s by CPU time = "
+          f"{cpu / bw[1]['copy']:.0%} of copy; {m['steps'].median('cpu') / native['steps'].median('cpu'):.2f}x "
+          f"faster; predictions the same: {native['tokens'] == m['tokens']}")
 
 
 # ------------------------------------------------------------------------------- the full model
@@ -380,7 +395,7 @@ def main() -> None:
         kind, path, *rest = args.worker
         setup()
         if kind == "memory":
-            out = memory_worker(path, int(rest[0]))
+            out = memory_worker(path, int(rest[0]), rest[1])
         else:
             out = offload_worker(path, int(rest[0]), rest[1], int(rest[2]))
         print(json.dumps(out))
@@ -401,6 +416,7 @@ def main() -> None:
         full = Qwen3NextConfig.full()
         m["head"], m["head_bytes"] = head_time(full), 2 * full.vocab_size * full.hidden_size
         report_in_memory(m, bw, args.steps)
+        report_native_kernels(decode_in_memory(path, args.steps, onednn=False), m, bw)
         t_full = extrapolate(m, bw)
 
         caches = [int(c) for c in args.caches.split(",")]
