@@ -76,8 +76,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad = grad.mul_((keep.float() / count)[:, None]).to(weight.dtype)  # d loss / d logits
             if dh is not None:
                 torch.mm(grad, weight, out=dh[rows])
-            if dW is not None:  # each chunk's product in the weight's dtype, their sum in float32
-                dW.addmm_(grad.t(), h[rows]) if dW.dtype == weight.dtype else dW.add_(grad.t() @ h[rows])
+            if dW is not None and dW.dtype == weight.dtype:
+                dW.addmm_(grad.t(), h[rows])
+            elif dW is not None:  # each chunk's product in the weight's dtype, their sum in float32
+                dW.add_(grad.t() @ h[rows])
         ctx.save_for_backward(dh, None if dW is None else dW.to(weight.dtype), h, weight)
         ctx.set_materialize_grads(False)
         return total / count, logits
