@@ -60,8 +60,9 @@ test-chapters: venv
 
 # The book's trained model (chapter 10) and the recall study, into src/qwen3next/data/tiny-qwen3-next:
 # about 35 minutes on 2 idle cores (2.5 hours when others share them). Seeded; nothing is downloaded.
+# TRAIN_ARGS: more options of tools/train_tiny.py (--mixed-precision, --out DIR, --quick, ...).
 train: venv
-	OMP_NUM_THREADS=2 $(PY) tools/train_tiny.py --threads 2
+	OMP_NUM_THREADS=2 $(PY) tools/train_tiny.py --threads 2 $(TRAIN_ARGS)
 
 # Optional, not in `make test`: serve the book's trained model with vLLM's CPU build (its own environment,
 # .venv-vllm, ~2.5 GB from requirements-vllm.txt) and compare its greedy output and MTP acceptance with the
