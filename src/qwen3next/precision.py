@@ -23,10 +23,13 @@ def float32_inside_autocast(kernel):
     """``kernel`` run with ``torch.autocast`` off on the device of its first argument (a tensor).
 
     The kernel casts its inputs to float32 itself; its output keeps the dtype it would have anyway.
+    Outside an autocast region (every decoding step) it is called as it is, with no context to enter.
     """
 
     @functools.wraps(kernel)
     def run(x, *args, **kwargs):
+        if not torch.is_autocast_enabled(x.device.type):
+            return kernel(x, *args, **kwargs)
         with torch.autocast(x.device.type, enabled=False):
             return kernel(x, *args, **kwargs)
 
