@@ -12,10 +12,11 @@ the package's own Hub layout (``checkpoint.hub_layout``, ``Qwen3NextConfig.to_js
    reading it (a sum), on one thread and on every core.
 2. Decoding with everything in memory: the time of one step (median of the steps) and of each layer
    type; the bytes one step must read (weights and state); achieved bandwidth and its fraction of the
-   copy bandwidth. Then the same in a process with oneDNN switched off (PyTorch's own bf16 kernels):
-   what a faster kernel for one bf16 row reaches on the same weights.
+   copy bandwidth. Rounds alternate with the same steps on PyTorch's own bf16 kernels instead of oneDNN's
+   (``generate(..., cpu_kernels="native")``): what a faster kernel for one bf16 row reaches on the same
+   weights.
 3. The full 48-layer model in bf16 and FP8 on this machine: tokens per second extrapolated from the
-   measured layers, and the limit (bytes per token / bandwidth).
+   measured layers on both kernel choices, and the limit (bytes per token / bandwidth).
 4. Experts on disk (the checkpoint's pages dropped from the page cache before each run), each run a fresh
    process: tokens per second, bytes read per token and cache hit rate for several cache sizes, reading on
    demand, with background reader threads, and with next-layer lookahead (``offload.enable_prefetch``).
@@ -39,7 +40,7 @@ import tempfile
 import time
 
 import torch
-from timing import Split, Timing, measure, ratio, setup, timed
+from timing import Split, Timing, measure, race, ratio, setup, timed
 
 from qwen3next.config import Qwen3NextConfig
 from qwen3next.fp8 import fp8_candidate
@@ -143,16 +144,17 @@ def step_bytes(model, cfg: Qwen3NextConfig, context: int) -> dict[str, int]:
     return out
 
 
-def layer_clock(model) -> dict[str, Timing]:
-    """Forward hooks that record each decoder layer's CPU and wall time, per layer type."""
-    times: dict[str, Timing] = {}
+def layer_clock(model, now: dict) -> dict[tuple[str, str], Timing]:
+    """Forward hooks that record each decoder layer's CPU and wall time, per (``now["kernels"]``, layer type)."""
+    times: dict[tuple[str, str], Timing] = {}
     for layer in model.model.layers:
         def pre(m, _a):
             m._t0 = time.process_time(), time.perf_counter()
 
         def post(m, _a, _o):
             cpu, wall = m._t0
-            times.setdefault(m.layer_type, Timing()).add(Split(time.process_time() - cpu, time.perf_counter() - wall))
+            key = (now["kernels"], m.layer_type)
+            times.setdefault(key, Timing()).add(Split(time.process_time() - cpu, time.perf_counter() - wall))
 
         layer.register_forward_pre_hook(pre)
         layer.register_forward_hook(post)
@@ -165,42 +167,63 @@ def token_stream(vocab: int, n: int) -> torch.Tensor:
     return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(1))
 
 
-def decode(model, steps: int, on_step=None) -> list[int]:
-    """Prefill ``PROMPT`` tokens, then ``steps`` single-token steps fed from :func:`token_stream`;
-    returns the greedy prediction of every step. ``on_step(fn)`` runs each step (to time it)."""
+def decode(model, steps: int, on_step=None, kernels: str = "onednn") -> list[int]:
+    """Prefill ``PROMPT`` tokens, then ``steps`` single-token steps fed from :func:`token_stream`, each on
+    ``kernels`` (``use_cpu_kernels``, as ``generate(..., cpu_kernels=...)`` runs them); returns the greedy
+    prediction of every step. ``on_step(fn)`` runs each step (to time it)."""
+    from qwen3next.linear import use_cpu_kernels
+
     ids = token_stream(model.config.vocab_size, PROMPT + steps)
     cache = model.new_cache(1)
     predicted = []
+
+    def step(t):
+        with use_cpu_kernels(kernels):
+            logits = model(ids[:, t:t + 1], cache=cache).logits
+        predicted.append(int(logits[0, -1].argmax()))
+
     with torch.no_grad():
         model(ids[:, :PROMPT], cache=cache, logits_to_keep=1)
         for t in range(PROMPT, PROMPT + steps):
-            step = lambda t=t: predicted.append(int(model(ids[:, t:t + 1], cache=cache).logits[0, -1].argmax()))
-            (on_step or (lambda fn: fn()))(step)
+            (on_step or (lambda fn: fn()))(lambda t=t: step(t))
     return predicted
 
 
-def decode_in_memory(path: str, steps: int, onednn: bool = True) -> dict:
+def decode_in_memory(path: str, steps: int, rounds: int) -> dict[str, dict]:
     """Load the slice (6.6 GB) and decode in a fresh process: memory freed by a process is not always
     handed back to the system (glibc keeps small blocks), so the offloading runs would see it.
-    ``onednn=False``: that process switches oneDNN off, so PyTorch's own bf16 kernels do the products."""
-    res = _run_worker("memory", path, steps, "onednn" if onednn else "native")
-    layers = {kind: Timing(*t) for kind, t in res["layers"].items()}
-    return {"steps": Timing(*res["steps"]), "layers": layers, "bytes": res["bytes"], "tokens": res["tokens"]}
+    ``{kernels: measured}`` for both CPU kernel choices, decoded in alternating rounds on the same weights."""
+    res = _run_worker("memory", path, steps, rounds)
+    out = {}
+    for kernels, r in res["kernels"].items():
+        out[kernels] = {"steps": Timing(*r["steps"]), "rounds": Timing(*r["rounds"]), "tokens": r["tokens"],
+                        "layers": {kind: Timing(*t) for kind, t in r["layers"].items()}, "bytes": res["bytes"]}
+    return out
 
 
-def memory_worker(path: str, steps: int, kernels: str = "onednn") -> dict:
+def memory_worker(path: str, steps: int, rounds: int) -> dict:
+    """``rounds`` rounds of decoding ``steps`` tokens, each round once with oneDNN's kernels and once with
+    PyTorch's own (``use_cpu_kernels``: only around the one-token steps, as ``generate`` does)."""
+    from qwen3next.linear import CPU_KERNELS
     from qwen3next.model import Qwen3NextForCausalLM
 
-    # a process-wide switch, this worker process's own choice (the package never flips it): for one bf16 row
-    # PyTorch's own kernel streams a weight faster than oneDNN's on some CPUs
-    torch.backends.mkldnn.enabled = kernels == "onednn"
     model = Qwen3NextForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-    per_step = Timing()
-    decode(model, 1)  # warm-up
-    layers = layer_clock(model)
-    tokens = decode(model, steps, on_step=lambda fn: per_step.add(timed(fn)))
-    return {"steps": [per_step.cpu, per_step.wall], "layers": {k: [t.cpu, t.wall] for k, t in layers.items()},
-            "bytes": step_bytes(model, model.config, PROMPT + steps // 2), "tokens": tokens}
+    for kernels in CPU_KERNELS:
+        decode(model, 1, kernels=kernels)  # warm-up
+    now = {}
+    layers = layer_clock(model, now)
+    res = {k: {"steps": Timing(), "rounds": Timing()} for k in CPU_KERNELS}
+    for _ in range(rounds):
+        for kernels in CPU_KERNELS:
+            now["kernels"], r, this_round = kernels, res[kernels], Timing()
+            r["tokens"] = decode(model, steps, on_step=lambda fn, t=this_round: t.add(timed(fn)), kernels=kernels)
+            r["steps"].cpu += this_round.cpu
+            r["steps"].wall += this_round.wall
+            r["rounds"].add(Split(sum(this_round.cpu), sum(this_round.wall)))
+    return {"bytes": step_bytes(model, model.config, PROMPT + steps // 2), "kernels": {
+        k: {"steps": [r["steps"].cpu, r["steps"].wall], "rounds": [r["rounds"].cpu, r["rounds"].wall],
+            "tokens": r["tokens"], "layers": {kind: [t.cpu, t.wall] for (kk, kind), t in layers.items() if kk == k}}
+        for k, r in res.items()}}
 
 
 def _run_worker(*args) -> dict:
@@ -211,12 +234,18 @@ def _run_worker(*args) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def head_time(cfg: Qwen3NextConfig) -> Timing:
-    """The real-vocabulary head (151,936 x 2048 bf16) for one token."""
+def head_time(cfg: Qwen3NextConfig) -> dict[str, Timing]:
+    """The real-vocabulary head (151,936 x 2048 bf16) for one token, on each kernel choice."""
+    from qwen3next.linear import use_cpu_kernels
+
     head = torch.nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=torch.bfloat16)
     x = torch.randn(1, 1, cfg.hidden_size, dtype=torch.bfloat16)
-    with torch.no_grad():
-        return measure(lambda: head(x), 5)
+
+    def run(kernels):
+        with torch.no_grad(), use_cpu_kernels(kernels):
+            head(x)
+
+    return race({k: lambda k=k: run(k) for k in ("onednn", "native")}, 5)
 
 
 def report_in_memory(m: dict, bw: dict, steps: int) -> None:
@@ -240,13 +269,20 @@ def report_in_memory(m: dict, bw: dict, steps: int) -> None:
 
 
 def report_native_kernels(native: dict, m: dict, bw: dict) -> None:
-    """The same decoding with oneDNN switched off in the worker: what a faster bf16 kernel reaches."""
+    """The same decoding on PyTorch's own bf16 kernels (``generate(..., cpu_kernels="native")``), in the
+    same process, rounds alternating with oneDNN's."""
     total = sum(native["bytes"].values())
     cpu = total / native["steps"].median("cpu") / GB
-    print(f"  the same with oneDNN off in the process (PyTorch's own bf16 kernels; a process-wide switch, so "
-          f"not the package's default): {native['steps']} per step, {cpu:.2f} GB/s by CPU time = "
-          f"{cpu / bw[1]['copy']:.0%} of copy; {m['steps'].median('cpu') / native['steps'].median('cpu'):.2f}x "
-          f"faster; predictions the same: {native['tokens'] == m['tokens']}")
+    head = native["head_bytes"] / native["head"].median("cpu") / GB
+    print(f"  the real head on PyTorch's own kernels: {native['head']}: {head:.2f} GB/s; against oneDNN's "
+          f"{ratio(native['head'], m['head'])}")
+    print(f"  the same steps on PyTorch's own kernels (cpu_kernels=\"native\", an opt-in: a process-wide switch "
+          f"while a step runs): {native['steps']} per step, {cpu:.2f} GB/s by CPU time = "
+          f"{cpu / bw[1]['copy']:.0%} of copy; time per round against oneDNN's {ratio(native['rounds'], m['rounds'])}"
+          f" (by the wall clock {ratio(native['rounds'], m['rounds'], 'wall')}); predictions the same: "
+          f"{native['tokens'] == m['tokens']}")
+    for kind, t in native["layers"].items():
+        print(f"    {kind:<17} {t.median() * 1e3:6.2f} ms CPU, {native['bytes'][kind] / t.median() / GB:5.2f} GB/s")
 
 
 # ------------------------------------------------------------------------------- the full model
@@ -275,12 +311,14 @@ def full_bytes(fp8: bool) -> dict[str, int]:
     return out
 
 
-def extrapolate(measured: dict, bw: dict) -> dict[str, float]:
-    """Print the full model's bytes, limits and our extrapolated speed; return its seconds per token."""
+def extrapolate(by_kernels: dict[str, dict], bw: dict) -> dict[str, float]:
+    """Print the full model's bytes, limits and our extrapolated speed on each kernel choice; return the
+    seconds per token on oneDNN's."""
     cfg = Qwen3NextConfig.full()
     counts = {kind: cfg.layer_types.count(kind) for kind in set(cfg.layer_types)}
-    t_full = {clock: sum(measured["layers"][k].median(clock) * n for k, n in counts.items())
-              + measured["head"].median(clock) for clock in ("cpu", "wall")}
+    t_full = {kernels: {clock: sum(m["layers"][k].median(clock) * n for k, n in counts.items())
+                        + m["head"].median(clock) for clock in ("cpu", "wall")}
+              for kernels, m in by_kernels.items()}
     bf16 = full_bytes(False)
     bf16_total = sum(bf16[k] * n for k, n in counts.items()) + bf16["head"]
     print("\n3. the full 48-layer model on this machine (one token, short context)")
@@ -292,14 +330,16 @@ def extrapolate(measured: dict, bw: dict) -> dict[str, float]:
             print(f"      limit on {name}: {rate['copy'] / total * GB:.2f} tokens/s at the copy bandwidth, "
                   f"{rate['read'] / total * GB:.2f} at the read bandwidth")
         scale = total / bf16_total  # FP8 read at the bf16 kernels' bandwidth
-        speed = {clock: 1 / (t * scale) for clock, t in t_full.items()}
         what = ("ours, extrapolated from the measured layers" if label == "bf16" else
                 "ours: FP8 files are dequantised to bf16 when loaded, so they decode at the bf16 speed; a kernel "
                 "reading e4m3 at the same bandwidth would reach")
-        print(f"      {what}: {speed['cpu']:.2f} tokens/s by CPU time ({speed['wall']:.2f} by the wall clock), "
-              f"{total * speed['cpu'] / GB:.2f} GB/s = {total * speed['cpu'] / GB / bw[1]['copy']:.0%} of the "
-              f"1-thread copy bandwidth")
-    return t_full
+        print(f"      {what}:")
+        for kernels, t in t_full.items():
+            speed = {clock: 1 / (t[clock] * scale) for clock in t}
+            print(f"        on {kernels} kernels: {speed['cpu']:.2f} tokens/s by CPU time ({speed['wall']:.2f} by "
+                  f"the wall clock), {total * speed['cpu'] / GB:.2f} GB/s = "
+                  f"{total * speed['cpu'] / GB / bw[1]['copy']:.0%} of the 1-thread copy bandwidth")
+    return t_full["onednn"]
 
 
 # ------------------------------------------------------------------------------------ offloading
@@ -388,6 +428,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=24, help="decode steps")
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per offloading setting")
+    parser.add_argument("--rounds", type=int, default=3, help="in-memory decoding rounds per kernel choice")
     parser.add_argument("--caches", default="20,80,320", help="offload cache sizes (experts)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -395,7 +436,7 @@ def main() -> None:
         kind, path, *rest = args.worker
         setup()
         if kind == "memory":
-            out = memory_worker(path, int(rest[0]), rest[1])
+            out = memory_worker(path, int(rest[0]), int(rest[1]))
         else:
             out = offload_worker(path, int(rest[0]), rest[1], int(rest[2]))
         print(json.dumps(out))
@@ -412,12 +453,15 @@ def main() -> None:
         print(f"slice: layers {cfg.layer_types}, {cfg.num_experts} experts top {cfg.num_experts_per_tok}, "
               f"vocab {cfg.vocab_size}; {total / GB:.2f} GB written in {time.perf_counter() - t:.0f} s")
 
-        m = decode_in_memory(path, args.steps)
+        by_kernels = decode_in_memory(path, args.steps, args.rounds)
         full = Qwen3NextConfig.full()
-        m["head"], m["head_bytes"] = head_time(full), 2 * full.vocab_size * full.hidden_size
+        heads = head_time(full)
+        for kernels, m in by_kernels.items():
+            m["head"], m["head_bytes"] = heads[kernels], 2 * full.vocab_size * full.hidden_size
+        m = by_kernels["onednn"]
         report_in_memory(m, bw, args.steps)
-        report_native_kernels(decode_in_memory(path, args.steps, onednn=False), m, bw)
-        t_full = extrapolate(m, bw)
+        report_native_kernels(by_kernels["native"], m, bw)
+        t_full = extrapolate(by_kernels, bw)
 
         caches = [int(c) for c in args.caches.split(",")]
         rows = offload_runs(path, caches, args.steps, args.runs, m["tokens"])

@@ -86,3 +86,38 @@ def test_bf16_greedy_generation_is_the_references(pair):
     ids = torch.randint(0, CFG.vocab_size, (2, 8), generator=torch.Generator().manual_seed(2))
     expected = ref.generate(ids, max_new_tokens=24, do_sample=False)
     assert torch.equal(generate(ours, ids, 24), expected)
+
+
+# ------------------------------------------------------------- PyTorch's own kernels for decoding steps
+def _kernel_spy(model) -> list[tuple[int, bool]]:
+    """(tokens in the call, whether oneDNN was on) for every forward of the model's first layer."""
+    seen = []
+    model.model.layers[0].register_forward_pre_hook(
+        lambda m, args: seen.append((args[0].shape[1], torch.backends.mkldnn.enabled)))
+    return seen
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN to switch off")
+@torch.no_grad()
+def test_bf16_generation_on_native_kernels_switches_only_the_decoding_steps():
+    ours, ref = _pair("sdpa", 0)
+    ids = torch.randint(0, CFG.vocab_size, (2, 8), generator=torch.Generator().manual_seed(2))
+    seen = _kernel_spy(ours)
+    native = generate(ours, ids, 24, cpu_kernels="native")
+    assert seen[0] == (8, True)  # the prefill keeps oneDNN
+    assert seen[1:] and all(step == (1, False) for step in seen[1:])  # every decoding step runs without it
+    assert torch.backends.mkldnn.enabled  # put back once the loop ends
+    assert torch.equal(native, ref.generate(ids, max_new_tokens=24, do_sample=False))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN to switch off")
+def test_native_kernels_are_put_back_after_an_error():
+    from qwen3next.linear import use_cpu_kernels
+
+    with pytest.raises(RuntimeError, match="inside"), use_cpu_kernels("native"):
+        assert not torch.backends.mkldnn.enabled
+        raise RuntimeError("inside")
+    assert torch.backends.mkldnn.enabled
+    with pytest.raises(ValueError, match=r"cpu_kernels: expected one of \('onednn', 'native'\), found 'mkl'"):
+        with use_cpu_kernels("mkl"):
+            pass

@@ -8,6 +8,7 @@ turn (reasoning that the template drops, a tool call, text that re-tokenizes the
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -171,6 +172,23 @@ def test_no_reuse_prefills_everything_and_gives_the_same_reply(lm, tok):
         ra, rb = a.send(text, max_new_tokens=4), b.send(text, max_new_tokens=4)
     assert rb.reused_tokens == 0 and ra.reused_tokens > 0
     assert ra.tokens == rb.tokens and (ra.logits[0] - rb.logits[0]).abs().max() < TOL
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN to switch off")
+def test_native_cpu_kernels_run_only_the_decoding_steps_and_reply_the_same(lm, tok):
+    bf16 = copy.deepcopy(lm).to(torch.bfloat16)
+    seen = []  # (tokens in the call, oneDNN on) for each forward of the first MoE block
+    bf16.model.layers[0].mlp.register_forward_pre_hook(
+        lambda m, args: seen.append((args[0].shape[1], torch.backends.mkldnn.enabled)))
+    default = ChatSession(bf16, tok).send("One", max_new_tokens=6)
+    seen.clear()
+    native = ChatSession(bf16, tok, cpu_kernels="native").send("One", max_new_tokens=6)
+    assert native.tokens == default.tokens
+    assert seen[0] == (native.prompt_tokens, True)  # the prefill keeps oneDNN
+    assert seen[1:] and all(step == (1, False) for step in seen[1:])
+    assert torch.backends.mkldnn.enabled
+    with pytest.raises(ValueError, match="cpu_kernels: expected one of"):
+        ChatSession(lm, tok, cpu_kernels="mkl")
 
 
 # ----------------------------------------------------------------------------- command line

@@ -114,6 +114,14 @@ def test_generate_with_offloaded_experts_prints_the_same(ckpt):
     assert "read from disk" in err
 
 
+def test_generate_on_native_cpu_kernels_prints_the_same(ckpt):
+    args = ("generate", "--model", ckpt, "--prompt", "One two three", "--max-new-tokens", 5)
+    rc, default, _ = _run(*args)
+    rc2, native, err = _run(*args, "--cpu-kernels", "native")
+    assert rc == rc2 == 0, err
+    assert native.getvalue() == default.getvalue()
+
+
 def test_generate_refuses_a_vocabulary_mismatch(tmp_path):
     small = Qwen3NextConfig.tiny(num_hidden_layers=4)  # 512 ids: the Qwen3 tokenizer's ids do not fit
     random_reference_model(small).save_pretrained(tmp_path)
@@ -160,12 +168,15 @@ def _bad_inputs(ckpt: Path, tmp: Path) -> list[tuple[list, str]]:
         ([*g, "--seed", "x"], "--seed: invalid int value"),
         ([*g, "--expert-cache", "0"], "--expert-cache: expected a positive number of experts"),
         ([*g, "--dtype", "int8"], "--dtype: invalid choice: 'int8'"),
+        ([*g, "--cpu-kernels", "mkl"], "--cpu-kernels: invalid choice: 'mkl'"),
+        ([*g, "--cpu-kernels", "native", "--speculative", "2"], "--cpu-kernels: applies to one-token decoding"),
         ([*g, "--prompt", ""], "--prompt: the prompt encodes to no tokens"),
         ([*g, "--bogus"], "unrecognized arguments: --bogus"),
         (["chat", "--model", ckpt, "--max-len", "0"], "--max-len: expected a positive number of tokens"),
         (["chat", "--model", ckpt, "--temperature", "-1"], "--temperature: expected a finite number >= 0"),
         (["chat", "--model", ckpt, "--tools", tmp / "missing.json"], "--tools"),
         (["chat", "--model", ckpt, "--device", "gpu"], "--device: 'gpu' is not a device"),
+        (["chat", "--model", ckpt, "--cpu-kernels", "mkl"], "--cpu-kernels: invalid choice: 'mkl'"),
     ]
 
 

@@ -130,7 +130,8 @@ def test_bad_settings_raise_clear_errors(model):
     ids = torch.zeros(1, 3, dtype=torch.long)
     for kwargs, name in [(dict(temperature=-1.0), "temperature"), (dict(top_p=0.0), "top_p"),
                          (dict(top_k=-2), "top_k"), (dict(min_p=1.5), "min_p"),
-                         (dict(eos_token_id=-1), "eos_token_id")]:
+                         (dict(eos_token_id=-1), "eos_token_id"),
+                         (dict(cpu_kernels="mkl"), r"cpu_kernels: expected one of .*, found 'mkl'")]:
         with pytest.raises(ValueError, match=name):
             generate(model, ids, 2, **kwargs)
     with pytest.raises(TypeError, match="eos_token_id"):  # a wrong type is a TypeError

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .generate import next_token
+from .linear import CPU_KERNELS, use_cpu_kernels
 from .packed_step import PackedRunner, Segment, Sequence
 from .paged_kv import BlockPool, BlockTable
 from .prefix_cache import cdiv
@@ -121,7 +122,10 @@ class ChatSession:
 
     def __init__(self, model, tokenizer, system: str | None = None, tools: list[dict] | None = None,
                  max_len: int = 8192, block_size: int = 64, max_snapshots: int = 8, reuse: bool = True,
-                 record_logits: bool = False, template_kwargs: dict | None = None):
+                 record_logits: bool = False, template_kwargs: dict | None = None, cpu_kernels: str = "onednn"):
+        if cpu_kernels not in CPU_KERNELS:  # who runs each decoding step's products on a CPU (linear.use_cpu_kernels)
+            raise ValueError(f"cpu_kernels: expected one of {CPU_KERNELS}, found {cpu_kernels!r}")
+        self.cpu_kernels = cpu_kernels
         cfg, p = model.config, model.lm_head.weight
         self.model, self.tok, self.tools, self.reuse = model, tokenizer, tools, reuse
         self.record_logits, self.max_len = record_logits, max_len
@@ -198,7 +202,8 @@ class ChatSession:
                 break
             stream.push(new)
             n = self.seq.num_computed
-            logits = self.runner.step([Segment(self.seq, n, n + 1, logits=True)])[0]
+            with use_cpu_kernels(self.cpu_kernels):
+                logits = self.runner.step([Segment(self.seq, n, n + 1, logits=True)])[0]
         text = self.tok.decode([t for t in new if t not in self.stop_ids], skip_special_tokens=True)
         stream.finish(text)
         reasoning, rest, _ = split_reasoning(text, opened)

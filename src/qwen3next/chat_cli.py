@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     c.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"])
     c.add_argument("--device", default="cpu")
     c.add_argument("--offload-experts", action="store_true", help="keep the routed experts on disk")
+    c.add_argument("--cpu-kernels", default="onednn", choices=["onednn", "native"],
+                   help="who runs the products of each decoding step on a CPU: oneDNN (default) or PyTorch's own "
+                   "kernels, often faster for a bfloat16 model")
 
 
 def resolve_model(name: str, err) -> Path:
@@ -97,7 +100,7 @@ def cmd_chat(args, out, err, load_tokenizer, lines=None) -> int:
     model = Qwen3NextForCausalLM.from_pretrained(args.model, dtype=dtype, device=args.device,
                                                  offload_experts=args.offload_experts)
     session = ChatSession(model, tok, system=args.system, tools=tools, max_len=args.max_len,
-                          reuse=not args.no_reuse)
+                          reuse=not args.no_reuse, cpu_kernels=args.cpu_kernels)
     sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, seed=args.seed)
     print(f"[{args.model}: {'thinking' if session.thinking else 'instruct'} template; {HELP}]", file=err)

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--speculative", type=int, default=0, metavar="K",
                    help="draft K tokens per step with the checkpoint's MTP head (mtp.*) and report acceptance")
+    g.add_argument("--cpu-kernels", default="onednn", choices=["onednn", "native"],
+                   help="who runs the products of each decoding step on a CPU: oneDNN (default) or PyTorch's own "
+                   "kernels, often faster for a bfloat16 model (not with --speculative)")
     g.add_argument("--tokenizer", type=Path, default=None,
                    help="tokenizer directory (default: the model directory, else the bundled Qwen3 tokenizer)")
     from .chat_cli import add_parser as add_chat_parser
@@ -73,6 +76,9 @@ def check_args(args) -> None:
             raise UsageError(f"--model {args.model}: no such checkpoint directory")
         if args.tokenizer is not None and not args.tokenizer.is_dir():
             raise UsageError(f"--tokenizer {args.tokenizer}: no such tokenizer directory")
+        if args.cpu_kernels != "onednn" and args.speculative:
+            raise UsageError("--cpu-kernels: applies to one-token decoding steps; --speculative verifies "
+                             "several tokens a step (leave --cpu-kernels at onednn)")
     if getattr(args, "tools", None) is not None and not args.tools.is_file():
         raise UsageError(f"--tools {args.tools}: no such file")
     expert_cache, max_len = getattr(args, "expert_cache", None), getattr(args, "max_len", None)
@@ -190,7 +196,8 @@ def cmd_generate(args, out, err) -> int:
             for token in result[:, len(ids):].unbind(1):  # printed once all is generated
                 printer(token)
         else:
-            result = generate(model, input_ids, args.max_new_tokens, streamer=printer, **options)
+            result = generate(model, input_ids, args.max_new_tokens, streamer=printer,
+                              cpu_kernels=args.cpu_kernels, **options)
     printer.finish()
     new = result.shape[1] - len(ids)
     if args.speculative:

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from .linear import CPU_KERNELS, use_cpu_kernels
+
 
 # ------------------------------------------------------------------------------------ filtering
 def filter_logits(
@@ -75,7 +77,7 @@ def next_token(
 
 # ---------------------------------------------------------------------------------- checking
 def _check_inputs(input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, min_p, seed,
-                  eos_token_id, pad_token_id) -> None:
+                  eos_token_id, pad_token_id, cpu_kernels="onednn") -> None:
     """Every argument of :func:`stream` / :func:`generate`: a TypeError for the wrong type, a ValueError
     for a value out of range, each starting with the argument's name."""
     _check_integer("max_new_tokens", max_new_tokens, 0, "a number of tokens >= 0")
@@ -90,6 +92,8 @@ def _check_inputs(input_ids, attention_mask, max_new_tokens, temperature, top_k,
             _check_integer("eos_token_id", i, 0, "token ids >= 0")
     if pad_token_id is not None:
         _check_integer("pad_token_id", pad_token_id, 0, "a token id >= 0")
+    if cpu_kernels not in CPU_KERNELS:
+        raise ValueError(f"cpu_kernels: expected one of {CPU_KERNELS}, found {cpu_kernels!r}")
     _check_prompt(input_ids, attention_mask)
 
 
@@ -157,15 +161,18 @@ def stream(
     seed: int | None = None,
     attention_mask: torch.Tensor | None = None,
     pad_token_id: int | None = None,
+    cpu_kernels: str = "onednn",
 ) -> Iterator[torch.Tensor]:
     """Yield the new tokens one step at a time, each a ``(B,)`` LongTensor.
 
     Rows that have finished (produced an end-of-sequence token) yield ``pad_token_id`` (by default the
     first end-of-sequence id, as the reference does); the iterator stops when every row has finished or
-    after ``max_new_tokens`` steps.
+    after ``max_new_tokens`` steps. ``cpu_kernels="native"`` runs each decoding step (not the prefill)
+    on PyTorch's own CPU kernels instead of oneDNN's (:func:`qwen3next.linear.use_cpu_kernels`): faster
+    for a bfloat16 model on some CPUs, a process-wide switch while a step runs.
     """
     _check_inputs(input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, min_p, seed,
-                  eos_token_id, pad_token_id)
+                  eos_token_id, pad_token_id, cpu_kernels)
     device = input_ids.device
     eos = _eos_ids(eos_token_id, device)
     if pad_token_id is None and eos is not None:
@@ -191,7 +198,8 @@ def stream(
             return
         # decode: one token per row; the cache extends its padding mask with a 1 by
         # itself
-        out = model(token[:, None], cache=cache, logits_to_keep=1)
+        with use_cpu_kernels(cpu_kernels):
+            out = model(token[:, None], cache=cache, logits_to_keep=1)
 
 
 def generate(
@@ -207,6 +215,7 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     streamer: Callable[[torch.Tensor], object] | None = None,
     pad_token_id: int | None = None,
+    cpu_kernels: str = "onednn",
 ) -> torch.Tensor:
     """Continue ``input_ids (B, T)`` by up to ``max_new_tokens`` tokens; returns ``(B, T + new)``.
 
@@ -215,13 +224,14 @@ def generate(
     ``torch.Generator`` (the global RNG is left alone). Prompts of different lengths go in one batch
     left-padded, with ``attention_mask (B, T)`` marking real tokens with 1. ``streamer`` is called
     with each step's ``(B,)`` new tokens as soon as they exist (an object with ``put``/``end``
-    methods, like ``transformers``' streamers, works too).
+    methods, like ``transformers``' streamers, works too). ``cpu_kernels``: see :func:`stream`.
     """
     put, end = _streamer_methods(streamer)
     new_tokens = []
     for token in stream(
         model, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         eos_token_id=eos_token_id, seed=seed, attention_mask=attention_mask, pad_token_id=pad_token_id,
+        cpu_kernels=cpu_kernels,
     ):
         new_tokens.append(token)
         if put is not None:

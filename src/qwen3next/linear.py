@@ -13,15 +13,25 @@ cache faster than the default BLAS call (measured on one core of an AMD EPYC: a 
 0.7 ms instead of 1.2 ms; in ``benchmarks/bench_model.py``'s decoding about 0.4 ms of 4.8 ms per token);
 the same product, summed in another order (float32 rounding). Only without autograd: the kernel has no
 backward.
+
+One kernel choice for a whole block of code, on request only: :func:`use_cpu_kernels`. For one bfloat16 row
+through a large weight, which is every decoding step of a bfloat16 model, PyTorch's own kernel can stream
+the weight faster than oneDNN's; for many rows, as in a prefill, oneDNN's is far faster. PyTorch offers
+that choice only as a process-wide flag, so nothing in the package flips it unless its caller asks
+(``generate(..., cpu_kernels="native")`` does, around each decoding step and nothing else).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 STREAMED_WEIGHT = 2**20  # elements (4 MB in float32): below that the weight tends to sit in the cache anyway
+CPU_KERNELS = ("onednn", "native")  # who runs the CPU products: oneDNN (PyTorch's default) or PyTorch itself
 _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
@@ -32,6 +42,23 @@ def _stream_one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and _ONEDNN_LINEAR is not None)
 
+
+@contextlib.contextmanager
+def use_cpu_kernels(name: str) -> Iterator[None]:
+    """Inside the block, the CPU's matrix products run on ``name``'s kernels: ``"onednn"`` (PyTorch's
+    default, nothing changes) or ``"native"`` (PyTorch's own kernels: oneDNN switched off).
+
+    The switch is PyTorch's own flag, ``torch.backends.mkldnn.enabled``: it holds for the whole process
+    while the block runs (other threads included) and is put back as it was when the block ends. The
+    results are the same products summed in another order (rounding differences only)."""
+    if name not in CPU_KERNELS:
+        raise ValueError(f"cpu_kernels: expected one of {CPU_KERNELS}, found {name!r}")
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = before and name == "onednn"
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 class Linear(nn.Linear):
