@@ -68,8 +68,9 @@ class DecoderLayer(nn.Module):
         and again for each new batch size. An attention layer's graph takes the number of cached tokens as
         a symbol (after the first two steps), so the growing cache does not recompile it. It fuses the many
         small element-wise operations of a step (norms, gates, RoPE, the conv window, the state update, the
-        router); the products stay the same BLAS calls and the routed experts run eagerly. Same numbers to
-        float32 rounding (``tests/test_fast_paths.py``).
+        router); the products stay the same BLAS calls. A token's routed experts are in the graph when they
+        are gathered into one batched product (small experts, ``moe.GATHER_LIMIT``), whichever experts they
+        are; otherwise they run eagerly. Same numbers to float32 rounding (``tests/test_fast_paths.py``).
         """
         if enabled:
             # an instance attribute shadows the method: nn.Module.__call__ then runs it, nothing else changes

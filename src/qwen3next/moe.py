@@ -127,8 +127,7 @@ def experts_sorted(
     """Routed experts after one sort by expert: x (N, H), top_i / top_w (N, k) -> (N, H)."""
     N, k = top_i.shape
     if N == 1:  # decoding one token: its k experts are distinct, nothing to sort
-        stacked = isinstance(experts, StackedExperts)
-        if stacked and k * experts.expert_size <= GATHER_LIMIT:  # small experts
+        if _gathers(experts, top_i):  # small experts
             return _one_token_stacked(x, experts, top_i[0], top_w[0])
         run = _expert_runner(experts)
         y = (torch.cat([run(e, x) for e in top_i[0].tolist()])
@@ -154,6 +153,12 @@ def experts_sorted(
         # permutation
         y.index_add_(0, token_e, (out * weight_e[:, None]).float())
     return y.to(x.dtype)
+
+
+def _gathers(experts: Sequence, top_i: torch.Tensor) -> bool:
+    """Whether one token's k experts are a stack's, small enough to gather (``GATHER_LIMIT``)."""
+    N, k = top_i.shape
+    return N == 1 and isinstance(experts, StackedExperts) and k * experts.expert_size <= GATHER_LIMIT
 
 
 def _one_token_stacked(x: torch.Tensor, experts: StackedExperts, ids: torch.Tensor,
@@ -216,7 +221,8 @@ def experts_grouped(
 
 
 # never traced by torch.compile (DecoderLayer.compile_decoding): which experts run depends on the data, and a
-# compiled graph would be specialised to (and recompiled for) every choice of experts
+# compiled graph would be specialised to (and recompiled for) every choice of experts. The one exception is
+# the gathered product of one token's experts, whose operations do not depend on which experts they are
 _DISPATCH = {name: torch.compiler.disable(fn) for name, fn in
              (("loop", experts_loop), ("sorted", experts_sorted), ("grouped", experts_grouped))}
 
@@ -275,6 +281,8 @@ class SparseMoeBlock(nn.Module):
         bfloat16 saves, so mixed-precision training keeps them in float32."""
         run, device = _DISPATCH[dispatch], x.device.type
         if not torch.is_autocast_enabled(device):
+            if dispatch == "sorted" and _gathers(self.experts, top_i):  # the same path, one that compiles
+                return _one_token_stacked(x, self.experts, top_i[0], top_w[0])
             return run(x, self.experts, top_i, top_w)
         with torch.autocast(device, enabled=False):
             return run(x.float(), self.experts, top_i, top_w.float()).to(x.dtype)
