@@ -36,6 +36,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 
     Under ``torch.autocast`` the two operands are cast to the autocast dtype first, as autocast casts
     those of a linear layer: the products run in bfloat16, the softmax and the sums stay in float32.
+    The weight's gradient is then one product over the whole batch, whose (B T, V) input, the loss's
+    gradient in bfloat16, is kept until the end of the pass (as large as the bfloat16 logits).
     """
     hidden, weight = autocast_operands(hidden, weight)
     needs = torch.is_grad_enabled() and (hidden.requires_grad, weight.requires_grad)
@@ -53,34 +55,43 @@ class _LinearCrossEntropy(torch.autograd.Function):
         counted = targets != -100
         count = counted.sum()
         total = torch.zeros((), dtype=torch.float32, device=h.device)
-        acc = torch.promote_types(weight.dtype, torch.float32)  # a bfloat16 dW is summed over chunks in float32
         dh = torch.empty_like(h) if needs[0] else None
-        dW = torch.zeros_like(weight, dtype=acc) if needs[1] else None
-        softmax = None if dh is None and dW is None else h.new_empty(min(chunk, N), V, dtype=torch.float32)
+        # a float32 (or float64) dW is summed chunk by chunk; a bfloat16 one is made at the end by one product
+        # over every chunk's gradient, kept for it in the weight's dtype (summed in float32 inside the
+        # product, rounded once)
+        low_dW = needs[1] and torch.promote_types(weight.dtype, torch.float32) != weight.dtype
+        dW = torch.zeros_like(weight) if needs[1] and not low_dW else None
+        # buffers made once: a fresh (chunk, V) tensor per chunk would be fresh pages of memory, and the
+        # first write to each page costs more than the arithmetic on it
+        work = h.new_empty(min(chunk, N), V, dtype=torch.float32)  # the logits in float32, then the softmax
+        cast = (None if weight.dtype == torch.float32
+                else h.new_empty(N if low_dW else min(chunk, N), V, dtype=weight.dtype))
         for s in range(0, N, chunk):
             rows = slice(s, min(s + chunk, N))
-            z = torch.mm(h[rows], weight.t(), out=logits[rows]).float()  # (n, V)
+            z = torch.mm(h[rows], weight.t(), out=logits[rows])  # (n, V) in the products' dtype
+            n = z.shape[0]
+            z = z if z.dtype == torch.float32 else work[:n].copy_(z)  # float32
             target, keep = targets[rows].clamp(min=0), counted[rows]
-            if softmax is None:
-                lse = torch.logsumexp(z, dim=-1)  # (n,)
-                total += ((lse - z.gather(1, target[:, None])[:, 0]) * keep).sum()
+            picked = z.gather(1, target[:, None])[:, 0]  # (n,) the target's logit
+            if not any(needs):
+                total += ((torch.logsumexp(z, dim=-1) - picked) * keep).sum()
                 continue
             # exp once, for the log-sum-exp and the softmax alike: exp(z - max) / its sum
             top = z.amax(dim=-1, keepdim=True)  # (n, 1)
-            grad = torch.sub(z, top, out=softmax[: z.shape[0]]).exp_()  # (n, V)
+            grad = torch.sub(z, top, out=work[:n]).exp_()  # (n, V)
             norm = grad.sum(dim=-1, keepdim=True)  # (n, 1)
-            lse = (top + norm.log())[:, 0]  # (n,)
-            total += ((lse - z.gather(1, target[:, None])[:, 0]) * keep).sum()
+            total += ((top[:, 0] + norm.log()[:, 0] - picked) * keep).sum()
             grad.div_(norm)  # softmax
-            grad[torch.arange(grad.shape[0], device=h.device), target] -= keep.float()  # minus onehot(target)
-            grad = grad.mul_((keep.float() / count)[:, None]).to(weight.dtype)  # d loss / d logits
+            grad[torch.arange(n, device=h.device), target] -= keep.float()  # minus onehot(target)
+            grad = grad.mul_((keep.float() / count)[:, None])  # d loss / d logits
+            grad = grad if cast is None else cast[rows if low_dW else slice(0, n)].copy_(grad)  # weight's dtype
             if dh is not None:
                 torch.mm(grad, weight, out=dh[rows])
-            if dW is not None and dW.dtype == weight.dtype:
+            if dW is not None:
                 dW.addmm_(grad.t(), h[rows])
-            elif dW is not None:  # each chunk's product in the weight's dtype, their sum in float32
-                dW.add_(grad.t() @ h[rows])
-        ctx.save_for_backward(dh, None if dW is None else dW.to(weight.dtype), h, weight)
+        if low_dW:
+            dW = cast.t() @ h  # (V, H)
+        ctx.save_for_backward(dh, dW, h, weight)
         ctx.set_materialize_grads(False)
         return total / count, logits
 
