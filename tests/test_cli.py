@@ -122,6 +122,14 @@ def test_generate_on_native_cpu_kernels_prints_the_same(ckpt):
     assert native.getvalue() == default.getvalue()
 
 
+def test_generate_with_compiled_decoding_prints_the_same(ckpt):
+    args = ("generate", "--model", ckpt, "--prompt", "One two three", "--max-new-tokens", 5)
+    rc, eager, _ = _run(*args)
+    rc2, compiled, err = _run(*args, "--compile")
+    assert rc == rc2 == 0, err
+    assert compiled.getvalue() == eager.getvalue()
+
+
 def test_generate_refuses_a_vocabulary_mismatch(tmp_path):
     small = Qwen3NextConfig.tiny(num_hidden_layers=4)  # 512 ids: the Qwen3 tokenizer's ids do not fit
     random_reference_model(small).save_pretrained(tmp_path)

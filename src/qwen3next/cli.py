@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--speculative", type=int, default=0, metavar="K",
                    help="draft K tokens per step with the checkpoint's MTP head (mtp.*) and report acceptance")
+    g.add_argument("--compile", action="store_true", help="run the one-token decoding steps through torch.compile "
+                   "(the first steps then take seconds; needs a C++ compiler on a CPU)")
     g.add_argument("--cpu-kernels", default="onednn", choices=["onednn", "native"],
                    help="who runs the products of each decoding step on a CPU: oneDNN (default) or PyTorch's own "
                    "kernels, often faster for a bfloat16 model (not with --speculative)")
@@ -172,6 +174,8 @@ def cmd_generate(args, out, err) -> int:
                                                  offload_experts=args.offload_experts,
                                                  expert_cache_size=args.expert_cache, mtp=args.speculative > 0)
     load_s = time.perf_counter() - t0
+    if args.compile:
+        model.compile_decoding()
     vocab = model.config.vocab_size
     if max(ids) >= vocab:
         raise ValueError(f"--prompt: token id {max(ids)} is outside the model's vocabulary "
