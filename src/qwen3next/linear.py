@@ -53,8 +53,11 @@ def use_cpu_kernels(name: str) -> Iterator[None]:
     results are the same products summed in another order (rounding differences only)."""
     if name not in CPU_KERNELS:
         raise ValueError(f"cpu_kernels: expected one of {CPU_KERNELS}, found {name!r}")
+    if name == "onednn":  # PyTorch's default: nothing to switch
+        yield
+        return
     before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = before and name == "onednn"
+    torch.backends.mkldnn.enabled = False
     try:
         yield
     finally:

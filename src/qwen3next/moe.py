@@ -281,7 +281,8 @@ class SparseMoeBlock(nn.Module):
         bfloat16 saves, so mixed-precision training keeps them in float32."""
         run, device = _DISPATCH[dispatch], x.device.type
         if not torch.is_autocast_enabled(device):
-            if dispatch == "sorted" and _gathers(self.experts, top_i):  # the same path, one that compiles
+            if dispatch == "sorted" and _gathers(self.experts, top_i):
+                # experts_sorted's path for one token, called here so that torch.compile traces it
                 return _one_token_stacked(x, self.experts, top_i[0], top_w[0])
             return run(x, self.experts, top_i, top_w)
         with torch.autocast(device, enabled=False):
