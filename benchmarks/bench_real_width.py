@@ -236,7 +236,7 @@ def _run_worker(*args) -> dict:
 
 def head_time(cfg: Qwen3NextConfig) -> dict[str, Timing]:
     """The real-vocabulary head (151,936 x 2048 bf16) for one token, on each kernel choice."""
-    from qwen3next.linear import use_cpu_kernels
+    from qwen3next.linear import CPU_KERNELS, use_cpu_kernels
 
     head = torch.nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=torch.bfloat16)
     x = torch.randn(1, 1, cfg.hidden_size, dtype=torch.bfloat16)
@@ -245,7 +245,7 @@ def head_time(cfg: Qwen3NextConfig) -> dict[str, Timing]:
         with torch.no_grad(), use_cpu_kernels(kernels):
             head(x)
 
-    return race({k: lambda k=k: run(k) for k in ("onednn", "native")}, 5)
+    return race({k: lambda k=k: run(k) for k in CPU_KERNELS}, 5)
 
 
 def report_in_memory(m: dict, bw: dict, steps: int) -> None:

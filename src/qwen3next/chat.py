@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .generate import next_token
-from .linear import CPU_KERNELS, use_cpu_kernels
+from .linear import check_cpu_kernels, use_cpu_kernels
 from .packed_step import PackedRunner, Segment, Sequence
 from .paged_kv import BlockPool, BlockTable
 from .prefix_cache import cdiv
@@ -123,9 +123,8 @@ class ChatSession:
     def __init__(self, model, tokenizer, system: str | None = None, tools: list[dict] | None = None,
                  max_len: int = 8192, block_size: int = 64, max_snapshots: int = 8, reuse: bool = True,
                  record_logits: bool = False, template_kwargs: dict | None = None, cpu_kernels: str = "onednn"):
-        if cpu_kernels not in CPU_KERNELS:  # who runs each decoding step's products on a CPU (linear.use_cpu_kernels)
-            raise ValueError(f"cpu_kernels: expected one of {CPU_KERNELS}, found {cpu_kernels!r}")
-        self.cpu_kernels = cpu_kernels
+        check_cpu_kernels(cpu_kernels)
+        self.cpu_kernels = cpu_kernels  # who runs each decoding step's products on a CPU (linear.use_cpu_kernels)
         cfg, p = model.config, model.lm_head.weight
         self.model, self.tok, self.tools, self.reuse = model, tokenizer, tools, reuse
         self.record_logits, self.max_len = record_logits, max_len

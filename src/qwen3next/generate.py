@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from .linear import CPU_KERNELS, use_cpu_kernels
+from .linear import check_cpu_kernels, use_cpu_kernels
 
 
 # ------------------------------------------------------------------------------------ filtering
@@ -92,8 +92,7 @@ def _check_inputs(input_ids, attention_mask, max_new_tokens, temperature, top_k,
             _check_integer("eos_token_id", i, 0, "token ids >= 0")
     if pad_token_id is not None:
         _check_integer("pad_token_id", pad_token_id, 0, "a token id >= 0")
-    if cpu_kernels not in CPU_KERNELS:
-        raise ValueError(f"cpu_kernels: expected one of {CPU_KERNELS}, found {cpu_kernels!r}")
+    check_cpu_kernels(cpu_kernels)
     _check_prompt(input_ids, attention_mask)
 
 

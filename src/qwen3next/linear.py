@@ -43,6 +43,13 @@ def _stream_one_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
             and _ONEDNN_LINEAR is not None)
 
 
+def check_cpu_kernels(name: str) -> None:
+    """A ValueError naming ``cpu_kernels`` unless ``name`` is one of :data:`CPU_KERNELS` (callers check
+    before they start, not at their first decoding step)."""
+    if name not in CPU_KERNELS:
+        raise ValueError(f"cpu_kernels: expected one of {CPU_KERNELS}, found {name!r}")
+
+
 @contextlib.contextmanager
 def use_cpu_kernels(name: str) -> Iterator[None]:
     """Inside the block, the CPU's matrix products run on ``name``'s kernels: ``"onednn"`` (PyTorch's
@@ -51,8 +58,7 @@ def use_cpu_kernels(name: str) -> Iterator[None]:
     The switch is PyTorch's own flag, ``torch.backends.mkldnn.enabled``: it holds for the whole process
     while the block runs (other threads included) and is put back as it was when the block ends. The
     results are the same products summed in another order (rounding differences only)."""
-    if name not in CPU_KERNELS:
-        raise ValueError(f"cpu_kernels: expected one of {CPU_KERNELS}, found {name!r}")
+    check_cpu_kernels(name)
     if name == "onednn":  # PyTorch's default: nothing to switch
         yield
         return
